@@ -1,0 +1,41 @@
+"""Package set-up: every setting lives in settings.ini (nbdev 2 layout); edit there, not here."""
+from configparser import ConfigParser
+import shlex
+import setuptools
+
+config = ConfigParser(delimiters=['='])
+config.read('settings.ini', encoding='utf-8')
+cfg = config['DEFAULT']
+expected = 'version description keywords author author_email lib_name user branch license status min_python audience language'.split()
+missing = [k for k in expected if k not in cfg]
+if missing: raise KeyError(f"settings.ini is missing the keys {missing}")
+
+licenses = {'mit': ('MIT License', 'OSI Approved :: MIT License')}
+statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Production/Stable', '6 - Mature', '7 - Inactive']
+py_versions = '3.10 3.11 3.12'.split()
+lic = licenses[cfg['license'].lower()]
+min_python = cfg['min_python']
+requirements = shlex.split(cfg.get('requirements', ''))
+dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
+console_scripts = shlex.split(cfg.get('console_scripts', ''))
+
+setuptools.setup(
+    name=cfg['lib_name'],
+    license=lic[0],
+    classifiers=['Development Status :: ' + statuses[int(cfg['status'])],
+                 'Intended Audience :: ' + cfg['audience'].title(),
+                 'Natural Language :: ' + cfg['language'].title(),
+                 'License :: ' + lic[1]] + ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]],
+    url=cfg['git_url'],
+    packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']),
+    include_package_data=True,
+    install_requires=requirements,
+    extras_require={'dev': dev_requirements, 'bench': ['anomalib==2.7.0']},
+    python_requires='>=' + min_python,
+    long_description=open('README.md', encoding='utf-8').read() if __import__('os').path.exists('README.md') else cfg['description'],
+    long_description_content_type='text/markdown',
+    zip_safe=False,
+    entry_points={'console_scripts': console_scripts, 'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
+    version=cfg['version'], description=cfg['description'], keywords=cfg['keywords'],
+    author=cfg['author'], author_email=cfg['author_email'],
+)

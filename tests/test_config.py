@@ -1,0 +1,75 @@
+"""Config errors: every bad input names the field and the file it came from."""
+import json
+import pytest
+from clad.config import load_config, parse_overrides, MODELS, STRATEGIES, project_root
+from clad.core import CladError
+
+
+def write(tmp_path, data, name='run.json'):
+    p = tmp_path / name
+    p.write_text(json.dumps(data))
+    return p
+
+
+def test_every_model_has_defaults_and_a_paper_config():
+    root = project_root()
+    for m in MODELS:
+        assert load_config(m).architecture == m
+        cfg = load_config(run_json=root / 'configurations' / f'test_{m}_ideal_replay.json')
+        assert cfg.architecture == m and cfg.data_path == 'data/mvtec'
+
+
+def test_layer_order_and_sources(tmp_path):
+    run = write(tmp_path, {'architecture': 'stfpm', 'lr': 0.1, 'momentum': 0.5})
+    cfg = load_config(run_json=run, overrides={'lr': 0.2})
+    assert cfg.lr == 0.2 and cfg.sources['lr'] == 'overrides'
+    assert cfg.model_params.momentum == 0.5 and cfg.sources['model_params.momentum'] == str(run)
+    assert cfg.sources['num_epochs'].endswith('models/stfpm.json')
+
+
+@pytest.mark.parametrize('data,msg', [
+    ({'mem_sise': 3}, "unknown field 'mem_sise'; did you mean 'mem_size'?"),
+    ({'num_epochs': 'ten'}, "field 'num_epochs' must be int, got str"),
+    ({'cl': 1}, "field 'cl' must be bool, got int"),
+    ({'num_epochs': True}, "field 'num_epochs' must be int, got bool"),
+    ({'mem_size': -1}, "field 'mem_size' = -1 is invalid"),
+    ({'num_tasks': -2}, "field 'num_tasks' = -2 is invalid"),
+    ({'img_size': 0}, "field 'img_size' = 0 is invalid"),
+    ({'crp_size': 300, 'img_size': 256}, "field 'crp_size' = 300 is invalid"),
+    ({'sample_strategy': 'ewc'}, "expected one of naive, replay, multi_task, single_model, cumulative, cl"),
+    ({'architecture': 'vae'}, "expected one of stfpm, patchcore, padim, cfa, draem, fastflow, efficientad"),
+    ({'f_coreset': 0.1}, "unknown field 'f_coreset'"),  # a PatchCore field in an STFPM run
+])
+def test_bad_input_names_field_and_file(tmp_path, data, msg):
+    run = write(tmp_path, {'architecture': 'stfpm', **data} if 'architecture' not in data else data)
+    with pytest.raises(CladError) as e:
+        load_config(run_json=run)
+    assert msg in str(e.value)
+    assert str(run) in str(e.value)
+
+
+def test_strategy_case_insensitive_and_cl_refused():
+    assert load_config('stfpm', overrides={'sample_strategy': 'Naive'}).sample_strategy == 'naive'
+    assert load_config('patchcore', overrides={'sample_strategy': 'CL'}).sample_strategy == 'cl'
+    with pytest.raises(CladError, match="stfpm has no such update"):
+        load_config('stfpm', overrides={'sample_strategy': 'cl'})
+    assert set(STRATEGIES) == {'naive', 'replay', 'multi_task', 'single_model', 'cumulative', 'cl'}
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(CladError, match='config file not found'):
+        load_config(run_json=tmp_path / 'nope.json')
+    bad = tmp_path / 'bad.json'
+    bad.write_text('{"lr": ')
+    with pytest.raises(CladError, match='not valid JSON'):
+        load_config(run_json=bad)
+    arr = write(tmp_path, [1, 2])
+    with pytest.raises(CladError, match='expected a JSON object'):
+        load_config(run_json=arr)
+
+
+def test_overrides_are_json_typed():
+    o = parse_overrides(['num_tasks=2', 'pretrained=false', 'tasks=["a"]', 'device=cpu'])
+    assert o == {'num_tasks': 2, 'pretrained': False, 'tasks': ['a'], 'device': 'cpu'}
+    with pytest.raises(CladError, match="field 'num_tasks' must be int"):
+        load_config('stfpm', overrides={'num_tasks': '2x'})
