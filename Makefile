@@ -9,7 +9,7 @@ MODEL ?= stfpm
 SEED ?= 0
 OUT ?= output/$(MODEL)_seed$(SEED).ipynb
 
-.PHONY: experiment test export-check venv docs clean-output
+.PHONY: experiment test export-check venv readme
 
 venv: $(STAMP)
 
@@ -26,10 +26,15 @@ experiment: $(STAMP)
 	$(BIN)/papermill nbs/run_experiment.ipynb $(OUT) -p model $(MODEL) -p seed $(SEED) --cwd nbs
 	@echo "result notebook: $(OUT)"
 
-# The package must be exactly what the notebooks export.
+# The package must be exactly what the notebooks export, and README.md what nbs/index.ipynb gives.
+SNAPSHOT = find clad -name '*.py' | sort | xargs sha256sum; sha256sum README.md
 export-check: $(STAMP)
-	@$(BIN)/nbdev_export
-	@git diff --quiet -- clad 2>/dev/null || { echo "clad/ differs from what nbs/ exports: run nbdev_export and commit"; git --no-pager diff --stat -- clad; exit 1; }
+	@before=$$($(SNAPSHOT) | sha256sum); $(BIN)/nbdev_export && $(BIN)/clad-readme >/dev/null; \
+	after=$$($(SNAPSHOT) | sha256sum); \
+	if [ "$$before" != "$$after" ]; then echo "clad/ or README.md was not what nbs/ exports: nbdev_export and clad-readme just rewrote them; commit the result"; exit 1; fi
+
+readme: $(STAMP)
+	$(BIN)/nbdev_export && $(BIN)/clad-readme
 
 test: export-check
 	$(BIN)/nbdev_test --n_workers 2

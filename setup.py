@@ -10,10 +10,9 @@ expected = 'version description keywords author author_email lib_name user branc
 missing = [k for k in expected if k not in cfg]
 if missing: raise KeyError(f"settings.ini is missing the keys {missing}")
 
-licenses = {'mit': ('MIT License', 'OSI Approved :: MIT License')}
 statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Production/Stable', '6 - Mature', '7 - Inactive']
 py_versions = '3.10 3.11 3.12'.split()
-lic = licenses[cfg['license'].lower()]
+if cfg['license'].lower() != 'mit': raise ValueError(f"settings.ini: license {cfg['license']!r} is not handled by setup.py")
 min_python = cfg['min_python']
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
@@ -21,11 +20,10 @@ console_scripts = shlex.split(cfg.get('console_scripts', ''))
 
 setuptools.setup(
     name=cfg['lib_name'],
-    license=lic[0],
+    license='MIT',  # an SPDX expression (license classifiers are deprecated)
     classifiers=['Development Status :: ' + statuses[int(cfg['status'])],
                  'Intended Audience :: ' + cfg['audience'].title(),
-                 'Natural Language :: ' + cfg['language'].title(),
-                 'License :: ' + lic[1]] + ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]],
+                 'Natural Language :: ' + cfg['language'].title()] + ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]],
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']),
     include_package_data=True,
