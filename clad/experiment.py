@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
-from .core import CladError, atomic_torch_save, default_device, derive_seed, seed_everything, torch_generator
+from .core import CladError, atomic_torch_save, atomic_write_json, default_device, derive_seed, seed_everything, torch_generator
 from .config import Config, load_config, resolve_path, run_dir as config_run_dir
 from .data import AnomalyDataset, ImageTransform, Task, dataset_info, make_task_stream, read_image
 from .metrics import ScoreNormalizer, evaluate_task, fit_threshold, pooled_metrics
@@ -151,19 +151,22 @@ class Scored:
     labels: np.ndarray # [N] 0 good / 1 defect
     masks: np.ndarray|None # [N,H,W] bool ground truth, None without masks
     seconds: float # time spent in `predict`
+    routes: np.ndarray|None = None # [N] bank/Gaussian each image was routed to, for models that route
 
 def score_records(model:AnomalyModel, records:list, cfg:Config, device, has_masks:bool=True) -> Scored:
     "Score `records` with `model` (eval mode, batched)."
-    scores, maps, labels, masks, secs = [], [], [], [], 0.0
+    scores, maps, labels, masks, routes, secs = [], [], [], [], [], 0.0
     for batch in make_loader(records, cfg, device, 'score'):
         t0 = time.perf_counter()
+        model.last_route = None
         s, m = model.predict(batch['image'].to(device, non_blocking=True))
         if device.type == 'cuda': torch.cuda.synchronize(device)
         secs += time.perf_counter() - t0
+        if getattr(model, 'last_route', None) is not None: routes.append(model.last_route.cpu().numpy())
         scores.append(s.cpu().numpy()); maps.append(m.cpu().numpy().astype(np.float32))
         labels.append(batch['label'].numpy()); masks.append(batch['mask'][:, 0].numpy() > 0.5)
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0,))
-    return Scored(cat(scores), cat(maps), cat(labels), cat(masks) if has_masks else None, secs)
+    return Scored(cat(scores), cat(maps), cat(labels), cat(masks) if has_masks else None, secs, cat(routes) if routes else None)
 
 # %% ../nbs/30_experiment.ipynb #e3880f14
 def resolve_data_root(cfg:Config) -> Path:
@@ -286,6 +289,8 @@ def evaluate_step(self, step:Step, keep_for_gallery:bool=False) -> dict:
         row[task.index], why[task.index] = values, reasons
         self.state['thresholds'][f'{step.index}/{task.index}'] = dict(image=thr[0], pixel=thr[1])
         scored[task.index] = (test, val)
+        if test.routes is not None and task in _seen_tasks(self, step):  # task-identification accuracy of routing models
+            self.state.setdefault('routing', {}).setdefault(step.index, {})[task.index] = float(np.mean(test.routes == task.index))
     self.state['rows'][step.index], self.state['reasons'][step.index] = row, why
     self.state['pooled'][step.index], self.state['pooled_reasons'][step.index] = self._pooled(step, scored)
     if keep_for_gallery: self._scored_last = scored
@@ -353,7 +358,11 @@ def run(self) -> dict:
         model.begin_task(step.index, make_loader(train, self.cfg, self.device, 'begin', step.index))
         log = train_step(model, self.optimizer, self.scheduler, train, replay, val, self.cfg, self.device, step.index, self.progress)
         model.end_task(step.index, make_loader(train, self.cfg, self.device, 'end', step.index))
+        if hasattr(model, 'calibrate') and val:  # e.g. EfficientAD's map-normalisation quantiles: validation normals, never test
+            model.calibrate(make_loader(val, self.cfg, self.device, 'calibrate', step.index))
         self.strategy.after_step(step)
+        if self.strategy.replay_records():  # which files the replay memory holds after this step
+            atomic_write_json(self.run_dir/'replay'/f'step{step.index}.json', self.strategy.state_dict())
         last = step.index == self.steps[-1].index
         self.evaluate_step(step, keep_for_gallery=last)
         self.state['logs'].append(vars(log)); self.state['train_seconds'].append(log.train_seconds)
@@ -400,7 +409,8 @@ def results_record(self, complete:bool) -> dict:
                       peak_memory_mb=peak_memory_mb(), peak_cuda_mb=peak_cuda_mb(self.device), device=str(self.device)))
     out = rec.results(None if self.strategy.name == 'multi_task' else _joint_final(self.run_dir))
     out.update(status='complete' if complete else 'running', steps=[s.name for s in self.steps], training=self.state['logs'],
-               strategy=self.state['strategy_info'], thresholds=self.state['thresholds'], run_dir=str(self.run_dir))
+               strategy=self.state['strategy_info'], thresholds=self.state['thresholds'], run_dir=str(self.run_dir),
+               routing_accuracy={str(t): {str(j): a for j, a in r.items()} for t, r in self.state.get('routing', {}).items()})
     return out
 
 def write(self, record:dict, gallery:bool=False):
