@@ -47,7 +47,7 @@ def show_task_examples(tasks:list, # `clad.data.Task`s
     rows = [[t.index, t.name, len(t.train), len(t.val), sum(r.label == 0 for r in t.test), sum(r.label for r in t.test), t.has_masks] for t in tasks]
     if show: display(Markdown(md_table(['task', 'name', 'train', 'val', 'test good', 'test defect', 'masks'], rows)))
     cols = n_normal + n_defect
-    fig, axes = plt.subplots(len(tasks), cols, figsize=(1.6 * cols, 1.6 * len(tasks)), squeeze=False)
+    fig, axes = plt.subplots(len(tasks), cols, figsize=(1.6 * cols, 1.6 * len(tasks)), squeeze=False, dpi=80)  # light: images are small
     for t, ax_row in zip(tasks, axes):
         defects, seen = [], set()
         for r in t.test:
@@ -61,7 +61,7 @@ def show_task_examples(tasks:list, # `clad.data.Task`s
         ax_row[0].set_ylabel(t.name, fontsize=8)
         for ax in ax_row: ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout()
-    if show: plt.show()
+    if show: plt.show(); return None  # shown once: returning it would display it a second time
     return fig
 
 # %% ../nbs/33_report.ipynb #5230a18d
@@ -81,7 +81,7 @@ def plot_training_curves(record:dict, show:bool=True):
         ax.set_title(name, fontsize=9); ax.set_xlabel('epoch'); ax.set_yscale('log')
     axes[0][0].set_ylabel('loss'); axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    if show: plt.show()
+    if show: plt.show(); return None
     return fig
 
 # %% ../nbs/33_report.ipynb #3e55cb3d

@@ -122,6 +122,7 @@ def test_wandb_offline_never_writes_the_key(tiny_data, tmp_path, monkeypatch):
     rec = Experiment(cfg, progress=False, log=logs.append).run()
     assert rec['status'] == 'complete'
     assert secret not in json.dumps(rec) and secret not in '\n'.join(logs)
+    assert list((tmp_path / 'out').rglob('*.wandb')), 'W&B did not log offline (the test would prove nothing)'
     for p in tmp_path.rglob('*'):
         if p.is_file():
             assert secret.encode() not in p.read_bytes(), f'the W&B key leaked into {p}'
