@@ -110,8 +110,10 @@ class PatchcoreParams:
 
 @dataclass
 class PadimParams:
-    "PaDiM: random channel subset size."
+    "PaDiM: random channel subset, covariance regulariser, map smoothing."
     d_reduced: int = 100 # channels kept (100 for resnet18, 550 for wide_resnet50_2)
+    eps: float = 0.01 # added to the covariance diagonal (the original used 0.04)
+    sigma: float = 4.0 # Gaussian smoothing of the anomaly map, in pixels
 
 @dataclass
 class CfaParams:
