@@ -37,5 +37,5 @@ readme: $(STAMP)
 	$(BIN)/nbdev_export && $(BIN)/clad-readme
 
 test: export-check
-	$(BIN)/nbdev_test --n_workers 2
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2  # one thread per notebook: two notebooks fill two cores
 	$(BIN)/python -m pytest -q tests

@@ -121,6 +121,12 @@ class CfaParams:
     gamma_c: int = 1 # memory compression (>1: k-means to HW/gamma_c centroids)
     gamma_d: int = 1 # descriptor compression (channels / gamma_d)
     weight_decay: float = 5e-4 # AdamW weight decay
+    num_nearest_neighbors: int = 3 # K attracting neighbours of the soft-boundary loss
+    num_hard_negatives: int = 3 # J repelling neighbours
+    radius: float = 1e-5 # initial hypersphere radius r (learnable)
+    nu: float = 1e-3 # loss scale 1/nu
+    alpha: float = 0.1 # repulsion margin
+    sigma: float = 4.0 # Gaussian smoothing of the anomaly map, in pixels
 
 @dataclass
 class DraemParams:
