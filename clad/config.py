@@ -135,6 +135,7 @@ class DraemParams:
     disc_width: int = 16 # discriminative network base width (paper: 64)
     beta_min: float = 0.1 # minimum anomaly opacity
     beta_max: float = 1.0 # maximum anomaly opacity
+    p_anomaly: float = 0.5 # share of training images that get a synthetic anomaly
 
 @dataclass
 class FastflowParams:
