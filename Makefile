@@ -9,7 +9,7 @@ MODEL ?= stfpm
 SEED ?= 0
 OUT ?= output/$(MODEL)_seed$(SEED).ipynb
 
-.PHONY: experiment test export-check venv readme
+.PHONY: experiment test export-check venv readme docs docs-test
 
 venv: $(STAMP)
 
@@ -17,7 +17,7 @@ venv: $(STAMP)
 $(STAMP): setup.py settings.ini constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
-	@$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	@$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,docs]"
 	@$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $(STAMP)
 
@@ -39,3 +39,13 @@ readme: $(STAMP)
 test: export-check
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2  # one thread per notebook: two notebooks fill two cores
 	$(BIN)/python -m pytest -q tests
+
+# The documentation site from the notebooks: Quarto (nbdev's renderer) when installed, else Sphinx + myst-nb (offline).
+docs: $(STAMP)
+	$(BIN)/nbdev_export
+	$(BIN)/clad-docs --out _site
+	@echo "open _site/index.html"
+
+# The site in a real browser (headless Chromium, installed by the test when missing); slow, so not part of `make test`.
+docs-test: $(STAMP)
+	CLAD_TEST_DOCS=1 $(BIN)/python -m pytest -q tests/test_docs.py

@@ -72,7 +72,7 @@ def packaged_lite0_state_dict() -> dict:
     ref = timm.create_model('tf_efficientnet_lite0', pretrained=False).state_dict()
     return map_by_order(src, ref, what=f'packaged weights {lite0_weights_path().name}')
 
-# %% ../nbs/04_backbones.ipynb #8457c3b5
+# %% ../nbs/04_backbones.ipynb #094722d0
 def state_sha256(sd:dict, # a state dict
                  n:int=16, # hex digits kept
                 ) -> str:
@@ -112,7 +112,7 @@ def _read_state_file(path:Path) -> dict:
         raise CladError(f"weights_path: {path} does not contain a state dict of tensors")
     return sd
 
-# %% ../nbs/04_backbones.ipynb #094722d0
+# %% ../nbs/04_backbones.ipynb #08f0b1e0
 class FeatureExtractor(nn.Module):
     "Multi-level feature maps of a timm CNN; frozen unless `trainable`."
     def __init__(self,

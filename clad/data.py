@@ -319,7 +319,7 @@ class AnomalyDataset(Dataset):
 
     def __repr__(self): return f"AnomalyDataset({len(self)} images, task={self.task_index}, {self.transform})"
 
-# %% ../nbs/02_data.ipynb #59ab1bbc
+# %% ../nbs/02_data.ipynb #4ac3abb5
 def _fingerprint(root:Path) -> str:
     h = hashlib.sha256()
     files = sorted(p for p in root.rglob('*') if p.is_file() and not any(s.startswith('.') for s in p.relative_to(root).parts))
@@ -346,7 +346,7 @@ def dataset_info(root:str|Path, # dataset folder (MVTec layout)
                 fingerprint_method='sha256 of sorted relative paths, sizes and first/last 4 KiB of each file',
                 categories=sorted(cats), n_images=counts)
 
-# %% ../nbs/02_data.ipynb #348c63c7
+# %% ../nbs/02_data.ipynb #cf994fb8
 def _glob_images(patterns) -> list[Path]:
     return sorted({p for base, pat in patterns for p in base.glob(pat) if _is_image(p)})
 

@@ -494,7 +494,7 @@ def ensure_embedded_dataset(root:str|Path|None=None, # dataset folder; default <
         if verbose: print(f"generated {n} images in {time.time() - t0:.1f} s at {root}")
     return root
 
-# %% ../nbs/03_synthetic.ipynb #15c454d4
+# %% ../nbs/03_synthetic.ipynb #90e33992
 def main(argv:list[str]|None=None, # command-line arguments (default: sys.argv)
         ) -> Path:
     "Console entry point `clad-make-dataset`."

@@ -74,7 +74,7 @@ def kcenter_greedy(features:torch.Tensor, # [N,D] points (patch features)
         d2[U] = -1
     return sel
 
-# %% ../../nbs/12_models.patchcore.ipynb #732232cd
+# %% ../../nbs/12_models.patchcore.ipynb #3804f5dc
 def nearest_neighbors(queries:torch.Tensor, # [Q,D]
                       bank:torch.Tensor, # [M,D]
                       k:int=1, # neighbours per query
@@ -100,7 +100,7 @@ def nearest_neighbors(queries:torch.Tensor, # [Q,D]
         dists.append(torch.stack(per_d, 1)); idx.append(torch.stack(per_i, 1))
     return torch.cat(dists).sqrt_(), torch.cat(idx)
 
-# %% ../../nbs/12_models.patchcore.ipynb #6fc3db18
+# %% ../../nbs/12_models.patchcore.ipynb #9d585c6d
 def reweighted_score(patch_scores:torch.Tensor, # [B,P] nearest-neighbour distance of every patch
                      locations:torch.Tensor, # [B,P] index (into `bank`) of that neighbour
                      embedding:torch.Tensor, # [B,P,D] the patch features
@@ -117,7 +117,7 @@ def reweighted_score(patch_scores:torch.Tensor, # [B,P] nearest-neighbour distan
     dist = (m_test[:, None] - bank[support[:, 0]]).norm(dim=-1)  # [B,b]
     return (1 - torch.softmax(dist, 1)[:, 0]) * s_star
 
-# %% ../../nbs/12_models.patchcore.ipynb #c2c0f91a
+# %% ../../nbs/12_models.patchcore.ipynb #35201893
 class AnomalyMapGenerator(nn.Module):
     "Patch distances `[B,1,h,w]` -> upsampled, Gaussian-smoothed anomaly maps `[B,1,H,W]`."
     def __init__(self, sigma:float=4.0, # blur standard deviation in pixels
@@ -129,7 +129,7 @@ class AnomalyMapGenerator(nn.Module):
         amap = F.interpolate(patch_scores, size=tuple(image_size), mode='bilinear', align_corners=False)
         return self.blur(amap)
 
-# %% ../../nbs/12_models.patchcore.ipynb #f4e3c8c9
+# %% ../../nbs/12_models.patchcore.ipynb #f6415d01
 MEMORY_UPDATES = ('replace', 'append', 'budget')
 
 @register_model('patchcore')
