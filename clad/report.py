@@ -13,7 +13,8 @@ from IPython.display import Markdown, display
 from .data import read_image, read_mask
 
 # %% auto #0
-__all__ = ['MAIN_METRICS', 'md_table', 'config_table', 'show_task_examples', 'plot_training_curves', 'step_table', 'final_table']
+__all__ = ['MAIN_METRICS', 'md_table', 'config_table', 'show_task_examples', 'plot_training_curves', 'step_table', 'final_table',
+           'demo_gallery']
 
 # %% ../nbs/33_report.ipynb #4bdaa745
 def _fmt(v, digits:int=3) -> str:
@@ -108,3 +109,27 @@ def final_table(record:dict, show:bool=True) -> str:
     t += '\n\n' + md_table(['cost', 'value'], [[k, v if not isinstance(v, list) else ', '.join(_fmt(x, 1) for x in v)] for k, v in cost.items()], 2)
     if show: display(Markdown(t))
     return t
+
+# %% ../nbs/33_report.ipynb #b2f8e148
+def demo_gallery(model:str, # model name
+                 category:str='nut', # the embedded dataset's category to learn
+                 img_size:int=64, # small, so that it runs in seconds on a CPU
+                 num_epochs:int=3, max_train_batches:int=5, # a short training for trained models
+                 show:bool=True, **overrides) -> dict:
+    "A one-task run of `model` on the embedded dataset; shows its anomaly-map gallery and returns the results record."
+    import tempfile
+    from pathlib import Path
+    from IPython.display import Image, display
+    from clad.config import load_config
+    from clad.experiment import Experiment
+    out = Path(tempfile.mkdtemp(prefix='clad_demo_'))
+    cfg = load_config(model, overrides=dict(dict(sample_strategy='naive', task_order=[category], num_tasks=1, img_size=img_size,
+                      num_epochs=num_epochs, max_train_batches=max_train_batches, device='cpu', output_dir=str(out), gallery_size=3),
+                      **overrides))
+    exp = Experiment(cfg, progress=False, log=lambda s: None)
+    rec = exp.run()
+    if show:
+        display(Markdown(f"**{model}** on `{category}` ({img_size} px, {len(exp.tasks[0].train)} training images): "
+                         f"image AUROC {_fmt(rec['matrices']['image_auroc'][0][0])}, pixel AUROC {_fmt(rec['matrices']['pixel_auroc'][0][0])}"))
+        for png in sorted((exp.run_dir/'figures').glob('gallery_*.png')): display(Image(filename=str(png)))
+    return rec

@@ -156,7 +156,7 @@ class DistillImages(Dataset):
         im = im.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
         return _normalize(_pil_to_tensor(im)[None])[0]
 
-# %% ../../nbs/15_models.efficientad.ipynb #8d8c7c4e
+# %% ../../nbs/15_models.efficientad.ipynb #9010e912
 class DistillTarget(nn.Module):
     "Distillation target: backbone features at `scale`× resolution, 3×3-averaged, fixed random projection, standardised."
     def __init__(self, backbone:str='wide_resnet50_2', # timm backbone
@@ -202,7 +202,7 @@ class DistillTarget(nn.Module):
     def forward(self, images:torch.Tensor, out_size:Sequence[int]) -> torch.Tensor:
         return (self.raw(images, out_size) - self.mean) / self.std
 
-# %% ../../nbs/15_models.efficientad.ipynb #1ca1f504
+# %% ../../nbs/15_models.efficientad.ipynb #b249b55e
 TEACHER_FORMAT = 'clad-pdn-teacher'
 
 def distill_teacher(images:str|Path, # folder of training images (searched recursively)
@@ -271,7 +271,7 @@ def distill_teacher(images:str|Path, # folder of training images (searched recur
     meta['losses'] = losses
     return meta
 
-# %% ../../nbs/15_models.efficientad.ipynb #9ab64d1a
+# %% ../../nbs/15_models.efficientad.ipynb #4de0f226
 def distill_command(out:str|Path, size:str='small') -> str:
     "The command line that makes the teacher file `out`."
     return (f"clad-distill-teacher --images <folder of images> --out {out} --size {size} "
@@ -301,7 +301,7 @@ def load_teacher(path:str|Path, # teacher file
     if bad: raise CladError(f"model_params.teacher_weights: {p}: shapes of {bad[:3]} do not fit a {size} PDN with {out_channels} channels")
     return sd, meta
 
-# %% ../../nbs/15_models.efficientad.ipynb #310f74a4
+# %% ../../nbs/15_models.efficientad.ipynb #64419c52
 def distill_main(argv:list[str]|None=None, # command-line arguments (default: sys.argv)
                 ) -> int:
     "Console entry point `clad-distill-teacher`: distil a PDN teacher for EfficientAD."
@@ -336,7 +336,7 @@ def distill_main(argv:list[str]|None=None, # command-line arguments (default: sy
           f"for {a.steps} steps; loss {meta['loss_first']:.4f} -> {meta['loss_last']:.4f}")
     return 0
 
-# %% ../../nbs/15_models.efficientad.ipynb #959e19c7
+# %% ../../nbs/15_models.efficientad.ipynb #db9456fd
 def hard_feature_loss(distance:torch.Tensor, # squared teacher-student differences, any shape
                       q:float=0.999, # quantile: only the top (1 − q) share counts
                      ) -> torch.Tensor:
@@ -362,7 +362,7 @@ def color_augment(images:torch.Tensor, # [B,3,H,W] images
     out = torch.where(choice == 0, bright, torch.where(choice == 1, contrast, saturation)).clamp(0, 1)
     return (_normalize(out) if normalized else out).to(images.dtype)
 
-# %% ../../nbs/15_models.efficientad.ipynb #e0c3e519
+# %% ../../nbs/15_models.efficientad.ipynb #703da79f
 class PenaltyImages:
     "Random penalty images: resize to 2S, grayscale with probability 0.3, centre crop S, ImageNet-normalised."
     def __init__(self, files:Sequence[Path], # image files
@@ -390,7 +390,7 @@ def penalty_setup(path:str|Path|None, # `imagenet_train_path`
     files = list_penalty_images(p)  # an existing folder without images is an error
     return PenaltyImages(files), f'on: {len(files)} images from {p}'
 
-# %% ../../nbs/15_models.efficientad.ipynb #6b4f397d
+# %% ../../nbs/15_models.efficientad.ipynb #92a6c410
 @register_model('efficientad')
 class EfficientADModel(AnomalyModel):
     "EfficientAD: frozen distilled PDN teacher, student PDN (2× channels) and autoencoder."
