@@ -88,7 +88,20 @@ def load_runs(folder:str|Path, # searched recursively for results.json
         for r in rs:
             get = lambda k: (r['config'].get('model_params') or {}).get(k[13:]) if k.startswith('model_params.') else r['config'].get(k)
             r['variant'] = ', '.join(f'{k}={_flat(get(k))}' for k in differ)
+    _fill_gap_to_joint(runs)
     return runs
+
+def _fill_gap_to_joint(runs:list[dict]):
+    "Fill `gap_to_joint` of runs written before their joint (multi_task) run existed: (joint − final_avg) / joint, same model and seed."
+    joints = {(r['model'], r['seed']): r for r in runs if r['strategy'] == 'multi_task'}
+    for r in runs:
+        j = joints.get((r['model'], r['seed']))
+        if j is None or r is j: continue
+        for m, s in r['summary'].items():
+            J, f = j['summary'].get(m, {}).get('final_avg'), s.get('final_avg')
+            if s.get('gap_to_joint') is None and J and f is not None:
+                s['gap_to_joint'] = (J - f) / J
+                s.setdefault('notes', {})['gap_to_joint'] = f"filled in by aggregation from {j['path']}"
 
 # %% ../nbs/41_aggregate.ipynb #c476de3c
 def tidy_table(runs:list[dict]) -> pd.DataFrame:

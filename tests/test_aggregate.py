@@ -93,3 +93,15 @@ def test_command_line(results, tmp_path):
     assert out.returncode == 0, out.stderr
     assert '| Image AUROC |' in out.stdout and (tmp_path / 'x' / 'final_table.csv').exists()
     assert aggregate_main([str(tmp_path / 'empty_nope')]) == 2
+
+
+def test_gap_to_joint_filled_when_the_joint_run_came_later(tmp_path):
+    from clad.aggregate import fabricate_results, load_runs
+    dirs = fabricate_results(tmp_path, models=('stfpm',), strategies=('naive', 'multi_task'), seeds=(0,))
+    naive = next(d for d in dirs if d.parent.name == 'naive') / 'results.json'
+    r = json.loads(naive.read_text())
+    for s in r['summary'].values(): s['gap_to_joint'] = None  # as if written before the joint run existed
+    naive.write_text(json.dumps(r))
+    runs = {x['strategy']: x for x in load_runs(tmp_path, log=None)}
+    J = runs['multi_task']['summary']['image_auroc']['final_avg']; f = runs['naive']['summary']['image_auroc']['final_avg']
+    assert abs(runs['naive']['summary']['image_auroc']['gap_to_joint'] - (J - f) / J) < 1e-12
