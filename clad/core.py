@@ -63,6 +63,11 @@ def default_device(device:str|torch.device|None=None, # 'auto'/None, 'cpu', 'cud
     return dev
 
 # %% ../nbs/00_core.ipynb #985b2bb1
+def _default_mode() -> int:
+    "The permissions a plain `open()` would give a new file (mkstemp's are owner-only)."
+    mask = os.umask(0); os.umask(mask)
+    return 0o666 & ~mask
+
 def atomic_write_bytes(path:str|Path, # where the file ends up
                        data:bytes, # its whole content
                       ) -> Path:
@@ -72,6 +77,7 @@ def atomic_write_bytes(path:str|Path, # where the file ends up
     try:
         with os.fdopen(fd, 'wb') as f:
             f.write(data); f.flush(); os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
@@ -108,6 +114,7 @@ def atomic_torch_save(obj:Any, path:str|Path) -> Path:
     try:
         torch.save(obj, tmp)
         with open(tmp, 'rb') as f: os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
