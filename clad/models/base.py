@@ -16,8 +16,8 @@ from torch import nn
 from ..core import CladError
 
 # %% auto #0
-__all__ = ['MODEL_REGISTRY', 'amp_dtype', 'autocast_context', 'grad_scaler', 'AnomalyModel', 'register_model', 'build_model',
-           'GaussianBlur2d']
+__all__ = ['MODEL_REGISTRY', 'amp_dtype', 'autocast_context', 'grad_scaler', 'AnomalyModel', 'batch_images', 'register_model',
+           'build_model', 'GaussianBlur2d']
 
 # %% ../../nbs/10_models.base.ipynb #34489a85
 def amp_dtype(device:str|torch.device, # where the computation runs
@@ -129,6 +129,13 @@ class AnomalyModel(nn.Module):
         return dict(backbone=getattr(self, 'backbone_name', None), source=None)
 
 # %% ../../nbs/10_models.base.ipynb #790bb0ab
+def batch_images(batch) -> torch.Tensor:
+    "The images of a batch: `batch['image']`, the first item of a tuple/list, or the tensor itself."
+    if isinstance(batch, dict): return batch['image']
+    if isinstance(batch, (tuple, list)): return batch[0]
+    return batch
+
+# %% ../../nbs/10_models.base.ipynb #7718d698
 MODEL_REGISTRY:dict[str, type] = {}
 
 def register_model(name:str, # the `cfg.architecture` value that selects the model
@@ -157,7 +164,7 @@ def build_model(cfg, # a config with at least `architecture` (the model reads th
         raise CladError(f"architecture: unknown model {name!r}; available: {sorted(MODEL_REGISTRY) or 'none registered'}")
     return MODEL_REGISTRY[name].from_config(cfg)
 
-# %% ../../nbs/10_models.base.ipynb #7718d698
+# %% ../../nbs/10_models.base.ipynb #526baaf3
 class GaussianBlur2d(nn.Module):
     "Separable Gaussian blur of `[B,C,H,W]` (or `[B,H,W]`) maps with reflect padding; output has the input's size."
     def __init__(self, sigma:float=4.0, # standard deviation in pixels

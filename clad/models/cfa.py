@@ -13,7 +13,7 @@ from torch import nn
 
 from ..backbones import FeatureExtractor
 from ..core import CladError, derive_seed
-from .base import AnomalyModel, GaussianBlur2d, register_model
+from .base import AnomalyModel, GaussianBlur2d, batch_images, register_model
 
 # %% auto #0
 __all__ = ['BANK_MODES', 'patch_features', 'add_coords', 'CoordConv2d', 'squared_distances', 'kmeans', 'CFALoss',
@@ -135,9 +135,6 @@ def cfa_patch_scores(distances:torch.Tensor, # `[B,T,M]` squared distances
 BANK_MODES = ('replace', 'per_task')
 _BANK_BUFFERS = ('task_means', 'task_ids', 'bank')
 
-def _images_of(batch) -> torch.Tensor:
-    return batch['image'] if isinstance(batch, dict) else batch[0] if isinstance(batch, (list, tuple)) else batch
-
 @register_model('cfa')
 class CFAModel(AnomalyModel):
     "CFA: frozen backbone, trainable CoordConv descriptor, a memory bank of centroids and a soft-boundary loss."
@@ -224,7 +221,7 @@ class CFAModel(AnomalyModel):
         "Mean patch-feature map `[C,H,W]` over every image of `loader` (each image weighs the same)."
         total, n = None, 0
         for batch in loader:
-            p = self.patch_features(_images_of(batch)).double()
+            p = self.patch_features(batch_images(batch)).double()
             if total is not None and p.shape[1:] != total.shape: raise CladError(f"CFA: patch-feature grid {tuple(p.shape[1:])} differs from {tuple(total.shape)} (images of different sizes?)")
             total = p.sum(0) if total is None else total + p.sum(0); n += p.shape[0]
         if total is None or n == 0: raise CladError("CFA: the training loader yielded no images to build the memory bank from")
@@ -268,7 +265,7 @@ class CFAModel(AnomalyModel):
     def training_step(self, batch:dict) -> torch.Tensor:
         "The soft-boundary loss of one batch (`batch['image']`), float32."
         self._check_bank()
-        return self.loss(squared_distances(self(_images_of(batch)), self.bank), self.radius)
+        return self.loss(squared_distances(self(batch_images(batch)), self.bank), self.radius)
 
     def _predict(self, images:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         "Image scores (map maxima) `[B]` and smoothed anomaly maps `[B,H,W]`."

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..backbones import FeatureExtractor
 from ..core import CladError, derive_seed, torch_generator
-from .base import AnomalyModel, GaussianBlur2d, register_model
+from .base import AnomalyModel, GaussianBlur2d, batch_images, register_model
 
 # %% auto #0
 __all__ = ['PADIM_DEFAULT_D', 'PADIM_MODES', 'random_channel_subset', 'drop_unused_stages', 'PadimEmbedding', 'accumulate_sums',
@@ -151,11 +151,6 @@ def mahalanobis(emb:torch.Tensor, # [B,d,h,w] embeddings
 _STAT_BUFFERS = ('n_seen', 'sum_x', 'sum_xx', 'means', 'whitens', 'feature_hw')
 PADIM_MODES = ('replace', 'incremental', 'per_task')
 
-def _images_of(batch) -> torch.Tensor:
-    if isinstance(batch, dict): return batch['image']
-    if isinstance(batch, (tuple, list)): return batch[0]
-    return batch
-
 @register_model('padim')
 class PadimModel(AnomalyModel):
     "PaDiM: per-position Gaussians of pretrained multi-scale features, scored by Mahalanobis distance."
@@ -216,7 +211,7 @@ class PadimModel(AnomalyModel):
         n = float(self.n_seen) if keep else 0.
         sx, sxx, hw = (self.sum_x, self.sum_xx, tuple(self.feature_hw.tolist())) if keep else (None, None, None)
         for batch in loader:
-            emb = self.embed(_images_of(batch))
+            emb = self.embed(batch_images(batch))
             if sx is None:
                 hw, P = tuple(emb.shape[-2:]), emb.shape[-2] * emb.shape[-1]
                 sx = torch.zeros(P, d, dtype=torch.float64, device=dev)
