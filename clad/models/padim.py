@@ -18,8 +18,8 @@ from ..core import CladError, derive_seed, torch_generator
 from .base import AnomalyModel, GaussianBlur2d, batch_images, register_model
 
 # %% auto #0
-__all__ = ['PADIM_DEFAULT_D', 'PADIM_MODES', 'random_channel_subset', 'drop_unused_stages', 'PadimEmbedding', 'accumulate_sums',
-           'gaussian_from_sums', 'mahalanobis', 'PadimModel']
+__all__ = ['PADIM_DEFAULT_D', 'PADIM_MODES', 'random_channel_subset', 'PadimEmbedding', 'accumulate_sums', 'gaussian_from_sums',
+           'mahalanobis', 'PadimModel']
 
 # %% ../../nbs/13_models.padim.ipynb #3059054c
 PADIM_DEFAULT_D = {'resnet18': 100, 'wide_resnet50_2': 550} # anomalib's n_features per backbone
@@ -38,18 +38,7 @@ def random_channel_subset(n_channels:int, # channels available (all layers toget
     perm = torch.randperm(n_channels, generator=torch_generator(seed, 'padim_channels'))
     return perm[:d].sort().values
 
-# %% ../../nbs/13_models.padim.ipynb #6dadc732
-def drop_unused_stages(net:nn.Module, # a timm `features_only` network
-                      ) -> nn.Module:
-    "Remove the trailing blocks of a timm EfficientNet/MobileNet feature net that no requested feature needs."
-    stages, blocks = getattr(net, '_stage_out_idx', None), getattr(net, 'blocks', None)
-    # the hook-based variant collects features by module name: leave it alone
-    if stages and isinstance(blocks, nn.Sequential) and getattr(net, 'feature_hooks', None) is None:
-        last = max(stages)  # forward appends a feature after block i when i + 1 is a requested stage
-        if last < len(blocks): net.blocks = blocks[:last]
-    return net
-
-# %% ../../nbs/13_models.padim.ipynb #643496f9
+# %% ../../nbs/13_models.padim.ipynb #2051a324
 class PadimEmbedding(nn.Module):
     "Frozen backbone → chosen channels of layers 1..L, nearest-upsampled to the first layer's grid and concatenated."
     def __init__(self, backbone:str='tf_efficientnet_lite0', # timm backbone
@@ -61,7 +50,6 @@ class PadimEmbedding(nn.Module):
                 ):
         super().__init__()
         self.extractor = FeatureExtractor(backbone, list(layers), pretrained=pretrained, weights_path=weights_path)
-        drop_unused_stages(self.extractor.net)
         self.channels = self.extractor.channels
         self.register_buffer('channel_idx', random_channel_subset(sum(self.channels), d_reduced, seed, backbone))
 
@@ -80,7 +68,7 @@ class PadimEmbedding(nn.Module):
             out.append(f if f.shape[-2:] == size else F.interpolate(f, size=size, mode='nearest'))
         return torch.cat(out, 1)
 
-# %% ../../nbs/13_models.padim.ipynb #f110d891
+# %% ../../nbs/13_models.padim.ipynb #343f30a5
 @contextlib.contextmanager
 def _single_thread(device:torch.device):
     "Run batched CPU LAPACK on one thread: it loops over the small matrices, and multi-threading each 100×100 solve only adds barriers (10× slower on a busy machine)."
@@ -132,7 +120,7 @@ def gaussian_from_sums(n:float, # number of vectors summed (per position)
             out[s:s + step] = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False).transpose(1, 2).float()
     return mean.float(), out
 
-# %% ../../nbs/13_models.padim.ipynb #98ba348a
+# %% ../../nbs/13_models.padim.ipynb #8cabe3b3
 def mahalanobis(emb:torch.Tensor, # [B,d,h,w] embeddings
                 mean:torch.Tensor, # [P,d] per-position means (P = h·w)
                 whiten:torch.Tensor, # [P,d,d] whitening matrices A, Σ⁻¹ = A·Aᵀ
@@ -147,7 +135,7 @@ def mahalanobis(emb:torch.Tensor, # [B,d,h,w] embeddings
         out[s:s + step] = y.pow(2).sum(-1)
     return out.sqrt_().T.reshape(B, h, w)
 
-# %% ../../nbs/13_models.padim.ipynb #f2f57de3
+# %% ../../nbs/13_models.padim.ipynb #83a44a01
 _STAT_BUFFERS = ('n_seen', 'sum_x', 'sum_xx', 'means', 'whitens', 'feature_hw')
 PADIM_MODES = ('replace', 'incremental', 'per_task')
 

@@ -70,7 +70,8 @@ def kcenter_greedy(features:torch.Tensor, # [N,D] points (patch features)
             torch.minimum(dS, G[p], out=dS)
             dS[p] = -1
         U = S[used]  # one matrix product brings the new centres' distances to every point
-        torch.minimum(d2, _sq_dists(X[U], X, sq[U], sq).amin(0), out=d2)
+        # ‖x‖² is the same for every centre of a column: add it after the minimum, not to the whole [u,N] matrix
+        torch.minimum(d2, torch.addmm(sq[U, None], X[U], X.T, alpha=-2).amin(0).add_(sq).clamp_min_(0), out=d2)
         d2[U] = -1
     return sel
 
@@ -79,7 +80,7 @@ def nearest_neighbors(queries:torch.Tensor, # [Q,D]
                       bank:torch.Tensor, # [M,D]
                       k:int=1, # neighbours per query
                       sizes:Sequence[int]|None=None, # split the bank into consecutive sub-banks of these sizes
-                      max_elements:int=2**24, # size of one chunk's distance matrix
+                      max_elements:int=2**22, # size of one chunk's distance matrix
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     "Euclidean distances `[Q,K,k]` and bank indices `[Q,K,k]` of the `k` nearest neighbours in each of K sub-banks."
     sizes = [len(bank)] if sizes is None else [int(s) for s in sizes]
@@ -91,14 +92,14 @@ def nearest_neighbors(queries:torch.Tensor, # [Q,D]
     chunk = max(1, max_elements // max(len(bank), 1))
     dists, idx = [], []
     for q in queries.split(chunk):
-        d2 = _sq_dists(q, bank, q.pow(2).sum(1), b_sq)
+        partial = torch.addmm(b_sq[None, :], q, bank.T, alpha=-2)  # ‖b‖² − 2 q·b: same order as ‖q − b‖²
         per_d, per_i = [], []
-        for off, part in zip(offsets, d2.split(sizes, dim=1)):
+        for off, part in zip(offsets, partial.split(sizes, dim=1)):
             if kk == 1: v, i = part.min(1, keepdim=True)
             else: v, i = part.topk(kk, dim=1, largest=False)
             per_d.append(v); per_i.append(i + off)
-        dists.append(torch.stack(per_d, 1)); idx.append(torch.stack(per_i, 1))
-    return torch.cat(dists).sqrt_(), torch.cat(idx)
+        dists.append(torch.stack(per_d, 1).add_(q.pow(2).sum(1)[:, None, None])); idx.append(torch.stack(per_i, 1))
+    return torch.cat(dists).clamp_min_(0).sqrt_(), torch.cat(idx)
 
 # %% ../../nbs/12_models.patchcore.ipynb #9d585c6d
 def reweighted_score(patch_scores:torch.Tensor, # [B,P] nearest-neighbour distance of every patch
