@@ -16,7 +16,7 @@ from torch import nn
 from .core import CladError
 
 # %% auto #0
-__all__ = ['LITE0_PACKAGE', 'imagenet_mean_std', 'layer_indices', 'lite0_weights_path', 'map_by_order',
+__all__ = ['LITE0_PACKAGE', 'CPU_PIXELS_PER_CALL', 'imagenet_mean_std', 'layer_indices', 'lite0_weights_path', 'map_by_order',
            'packaged_lite0_state_dict', 'state_sha256', 'drop_unused_stages', 'fold_batchnorm', 'FeatureExtractor']
 
 # %% ../nbs/04_backbones.ipynb #d9445326
@@ -169,6 +169,8 @@ def fold_batchnorm(net:nn.Module, # a frozen network in eval mode
     return net
 
 # %% ../nbs/04_backbones.ipynb #5d38b01e
+CPU_PIXELS_PER_CALL = 4 * 224 * 224  # frozen extractor on CPU: input pixels per forward call (4 images of 224 px)
+
 class FeatureExtractor(nn.Module):
     "Multi-level feature maps of a timm CNN; frozen unless `trainable`."
     def __init__(self,
@@ -239,6 +241,15 @@ class FeatureExtractor(nn.Module):
         "Switch mode; a frozen extractor always stays in eval mode."
         return super().train(mode and self.trainable)
 
+    def micro_batch(self, x:torch.Tensor) -> int:
+        "Images per forward call: all of them, except for a frozen extractor on CPU (see below)."
+        if self.training or x.device.type != 'cpu': return max(1, len(x))
+        return max(1, CPU_PIXELS_PER_CALL // (x.shape[-2] * x.shape[-1]))
+
     def forward(self, x:torch.Tensor) -> list[torch.Tensor]:
         "Feature maps of `x` (B, 3, H, W), one per layer, highest resolution first (channels-last strides)."
-        return list(self.net(x.contiguous(memory_format=torch.channels_last)))
+        x = x.contiguous(memory_format=torch.channels_last)
+        n = self.micro_batch(x)
+        if n >= len(x): return list(self.net(x))
+        parts = [self.net(chunk) for chunk in x.split(n)]  # eval mode: no batch statistics, so splitting changes nothing
+        return [torch.cat(level).contiguous(memory_format=torch.channels_last) for level in zip(*parts)]

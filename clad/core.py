@@ -4,13 +4,10 @@
 
 # %% ../nbs/00_core.ipynb #0e45e69a
 from __future__ import annotations
-import ctypes
-import ctypes.util
 import hashlib
 import json
 import os
 import random
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,9 +16,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['CPU_ALLOCATOR_TUNED', 'seed_everything', 'derive_seed', 'numpy_rng', 'torch_generator', 'default_device',
-           'tune_cpu_allocator', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save',
-           'CladError']
+__all__ = ['seed_everything', 'derive_seed', 'numpy_rng', 'torch_generator', 'default_device', 'atomic_write_bytes',
+           'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'CladError']
 
 # %% ../nbs/00_core.ipynb #d9411469
 def seed_everything(seed:int, # the run's seed
@@ -67,22 +63,6 @@ def default_device(device:str|torch.device|None=None, # 'auto'/None, 'cpu', 'cud
     return dev
 
 # %% ../nbs/00_core.ipynb #985b2bb1
-_MALLOC_SETTINGS = {-3: 2**30, -1: 2**31 - 1, -2: 2**26}  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD (malloc.h)
-
-def tune_cpu_allocator(enable:bool|None=None, # None: unless the environment sets CLAD_MALLOC_TUNING=0
-                      ) -> bool:
-    "Keep freed heap memory for reuse (glibc `mallopt`) so that CPU activations are not page-faulted in anew every batch; True if applied."
-    if enable is None: enable = os.environ.get('CLAD_MALLOC_TUNING', '1').strip().lower() not in ('0', 'false', 'no', 'off')
-    if not enable or not sys.platform.startswith('linux'): return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
-        return all(libc.mallopt(k, v) == 1 for k, v in _MALLOC_SETTINGS.items())
-    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
-        return False
-
-CPU_ALLOCATOR_TUNED = tune_cpu_allocator()
-
-# %% ../nbs/00_core.ipynb #37f77d9b
 def _default_mode() -> int:
     "The permissions a plain `open()` would give a new file (mkstemp's are owner-only)."
     mask = os.umask(0); os.umask(mask)
@@ -141,6 +121,6 @@ def atomic_torch_save(obj:Any, path:str|Path) -> Path:
         raise
     return path
 
-# %% ../nbs/00_core.ipynb #5c043436
+# %% ../nbs/00_core.ipynb #a069bab3
 class CladError(ValueError):
     "A problem with the user's input (config, data, weights) that the message explains."

@@ -55,6 +55,7 @@ def kcenter_greedy(features:torch.Tensor, # [N,D] points (patch features)
     sel[0] = start
     d2 = _sq_dists(X[start:start + 1], X, sq[start:start + 1], sq)[0]
     d2[start] = -1  # selected: never again
+    buf = torch.empty(min(block, N), N, dtype=X.dtype, device=X.device)  # one [u,N] buffer for every block: no page faults
     i = 1
     while i < n:
         B = min(block, N - 1)
@@ -71,7 +72,8 @@ def kcenter_greedy(features:torch.Tensor, # [N,D] points (patch features)
             dS[p] = -1
         U = S[used]  # one matrix product brings the new centres' distances to every point
         # ‖x‖² is the same for every centre of a column: add it after the minimum, not to the whole [u,N] matrix
-        torch.minimum(d2, torch.addmm(sq[U, None], X[U], X.T, alpha=-2).amin(0).add_(sq).clamp_min_(0), out=d2)
+        part = torch.addmm(sq[U, None], X[U], X.T, alpha=-2, out=buf[:len(U)])
+        torch.minimum(d2, part.amin(0).add_(sq).clamp_min_(0), out=d2)
         d2[U] = -1
     return sel
 
@@ -89,10 +91,11 @@ def nearest_neighbors(queries:torch.Tensor, # [Q,D]
     b_sq = bank.pow(2).sum(1)
     offsets = [0]
     for s in sizes[:-1]: offsets.append(offsets[-1] + s)
-    chunk = max(1, max_elements // max(len(bank), 1))
+    chunk = max(1, min(len(queries), max_elements // max(len(bank), 1)))
+    buf = torch.empty(chunk, len(bank), dtype=bank.dtype, device=bank.device)  # reused by every chunk
     dists, idx = [], []
     for q in queries.split(chunk):
-        partial = torch.addmm(b_sq[None, :], q, bank.T, alpha=-2)  # ‖b‖² − 2 q·b: same order as ‖q − b‖²
+        partial = torch.addmm(b_sq[None, :], q, bank.T, alpha=-2, out=buf[:len(q)])  # ‖b‖² − 2 q·b: same order as ‖q − b‖²
         per_d, per_i = [], []
         for off, part in zip(offsets, partial.split(sizes, dim=1)):
             if kk == 1: v, i = part.min(1, keepdim=True)
