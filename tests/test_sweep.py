@@ -1,6 +1,7 @@
 """A real sweep end to end through submitit's local executor: kill, resume without redoing finished points, a failing point."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,7 +43,10 @@ def test_sweep_interrupted_and_resumed(tmp_path):
 
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert out.returncode == 1, out.stdout + out.stderr  # 1: some points failed
-    assert '1 done, 3 to run' in out.stdout, out.stdout
+    # the point that was running when the sweep was killed may have finished on its own since (its job is a separate
+    # process); either way every finished point is reused and only the others run
+    m = re.search(r'(\d) done, (\d) to run', out.stdout)
+    assert m and int(m[1]) >= 1 and int(m[1]) + int(m[2]) == 4, out.stdout
     state = read_state(sw)['points']
     assert {k: v['status'] for k, v in state.items()} == {
         'stfpm_naive_seed0': 'done', 'stfpm_naive_seed1': 'done', 'stfpm_nope_seed0': 'failed', 'stfpm_nope_seed1': 'failed'}
