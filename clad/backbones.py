@@ -204,7 +204,6 @@ class FeatureExtractor(nn.Module):
         else:
             self.net = drop_unused_stages(timm.create_model(backbone, pretrained=False, **kw))
             source = 'random-init'
-        self.net.to(memory_format=torch.channels_last)
         if source != 'random-init': sha = state_sha256(self.net.state_dict())
         self.weights_info = dict(backbone=backbone, weights=source, sha256=sha)
         if not trainable:
