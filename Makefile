@@ -9,7 +9,7 @@ MODEL ?= stfpm
 SEED ?= 0
 OUT ?= output/$(MODEL)_seed$(SEED).ipynb
 
-.PHONY: experiment test export-check venv readme docs docs-test
+.PHONY: experiment test export-check venv readme docs docs-test slurm-test
 
 venv: $(STAMP)
 
@@ -36,9 +36,12 @@ export-check: $(STAMP)
 readme: $(STAMP)
 	$(BIN)/nbdev_export && $(BIN)/clad-readme
 
+# Tests write into temporary folders only: each command runs under a guard that fails, naming the files, if it created,
+# changed or removed anything under output/ (the user's run folders; data/'s embedded-dataset cache may be shared).
+GUARD = $(BIN)/python tools/output_guard.py output --
 test: export-check
-	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2  # one thread per notebook: two notebooks fill two cores
-	$(BIN)/python -m pytest -q tests
+	$(GUARD) env OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2  # one thread per notebook: two notebooks fill two cores
+	$(GUARD) $(BIN)/python -m pytest -q tests
 
 # The documentation site from the notebooks: Quarto (nbdev's renderer) when installed, else Sphinx + myst-nb (offline).
 docs: $(STAMP)
@@ -49,3 +52,13 @@ docs: $(STAMP)
 # The site in a real browser (headless Chromium, installed by the test when missing); slow, so not part of `make test`.
 docs-test: $(STAMP)
 	CLAD_TEST_DOCS=1 $(BIN)/python -m pytest -q tests/test_docs.py
+
+# Sweeps on a real one-node Slurm cluster (tools/slurm_cluster.sh: munged, slurmctld and slurmd on localhost, no
+# accounting; needs root): installs slurm-wlm and munge with apt-get when missing. The test starts and stops the
+# cluster; the trap stops it too if the test is interrupted. Slow, so not part of `make test`.
+SLURM_DIR ?= /tmp/clad-slurm-test
+slurm-test: $(STAMP)
+	@command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null || \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends slurm-wlm munge; }
+	@trap 'CLAD_SLURM_DIR=$(SLURM_DIR) tools/slurm_cluster.sh stop' EXIT; trap 'exit 130' INT TERM; \
+	  CLAD_SLURM_DIR=$(SLURM_DIR) CLAD_TEST_SLURM=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/test_slurm.py

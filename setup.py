@@ -29,7 +29,8 @@ setuptools.setup(
     include_package_data=True,
     install_requires=requirements,
     extras_require={'dev': dev_requirements, 'bench': ['anomalib==2.7.0'],
-                    'docs': ['sphinx==9.0.4', 'myst-nb==1.4.0', 'myst-parser==5.2.0', 'furo==2025.12.19', 'docutils==0.22.4', 'jupyter-cache==1.0.1']},
+                    'docs': ['sphinx==9.0.4', 'myst-nb==1.4.0', 'myst-parser==5.2.0', 'furo==2025.12.19', 'docutils==0.22.4', 'jupyter-cache==1.0.1',
+                             'django-static-mathjax==3.2.2.1']},  # MathJax 3 served by the site itself (no CDN)
     python_requires='>=' + min_python,
     long_description=open('README.md', encoding='utf-8').read() if __import__('os').path.exists('README.md') else cfg['description'],
     long_description_content_type='text/markdown',

@@ -16,8 +16,8 @@ from .core import CladError
 
 # %% auto #0
 __all__ = ['MODELS', 'STRATEGIES', 'WANDB_MODES', 'MODEL_PARAMS', 'project_root', 'Config', 'StfpmParams', 'PatchcoreParams',
-           'PadimParams', 'CfaParams', 'DraemParams', 'FastflowParams', 'EfficientadParams', 'load_config',
-           'parse_overrides', 'resolve_path', 'run_dir']
+           'PadimParams', 'CfaParams', 'DraemParams', 'FastflowParams', 'EfficientadParams', 'split_list',
+           'model_class', 'load_config', 'parse_overrides', 'resolve_path', 'run_dir']
 
 # %% ../nbs/01_config.ipynb #06fe7834
 def project_root(start:str|Path|None=None, # where to start looking (default: the current directory)
@@ -40,15 +40,16 @@ WANDB_MODES = ('disabled', 'offline', 'online')
 class Config:
     "A resolved run configuration (original CLAD field names)."
     architecture: str = 'stfpm' # the model: one of `MODELS`
-    sample_strategy: str = 'naive' # continual strategy: one of `STRATEGIES`
+    sample_strategy: str = 'naive' # continual strategy: one of `STRATEGIES` (`load_config`: the model's `default_strategy` when no layer sets it)
     mem_size: int = 300 # replay memory, in images, over all tasks
     mem_size_cl: int = 10000 # memory-bank budget (patches) of the `cl` strategy
     cl: bool = False # memory-bank models: fixed-budget continual update (True) or growth (False)
     replay_ratio: float = 1.0 # replayed images per new image in a batch (B new + ratio·B replayed)
     num_tasks: int = 0 # number of tasks of the stream; 0 = all of `task_order`
     task_order: list = field(default_factory=list) # class names, indices, or lists of them (merged tasks); [] = the dataset's order
-    dataset_name: str = 'auto' # 'auto' (from the folder), 'mvtec', 'clad_synthetic'
-    data_path: str = '' # MVTec-format folder; '' = the embedded dataset under data/
+    dataset_name: str = 'auto' # 'auto' (from the folder), 'mvtec', 'visa', 'clad_synthetic'
+    data_path: str = '' # an MVTec AD or VisA folder; '' = the embedded dataset under data/
+    protocol: str = '' # the literature's protocol this stream is (a name of `clad.protocols.PROTOCOLS`), '' = none
     img_size: int = 256 # images are resized to img_size × img_size
     crp_size: int = 0 # centre crop after resizing; 0 = no crop
     normalize: bool = True # ImageNet mean/std normalisation of the input
@@ -151,7 +152,10 @@ class EfficientadParams:
     "EfficientAD: network size and teacher."
     model_size: str = 'small' # 'small' or 'medium' PDN
     out_channels: int = 384 # teacher output channels
-    teacher_weights: str = '' # distilled PDN teacher file (see `clad-distill-teacher`)
+    teacher_weights: str = '' # distilled PDN teacher file (see `clad-distill-teacher`); '' = distil one on first use and cache it
+    teacher_steps: int = 250 # distillation steps of the teacher made on first use
+    teacher_image_size: int = 64 # crop side of that distillation
+    teacher_cache_dir: str = 'data/efficientad_teachers' # where teachers made on first use are cached
     weight_decay: float = 1e-5 # Adam weight decay
 
 MODEL_PARAMS = dict(stfpm=StfpmParams, patchcore=PatchcoreParams, padim=PadimParams, cfa=CfaParams,
@@ -164,9 +168,18 @@ def _expected_type(cls, name:str):
     hint = cls.__dataclass_fields__[name].type
     return _TYPES.get(hint if isinstance(hint, str) else getattr(hint, '__name__', ''), None)
 
+def split_list(name:str, # the list field, e.g. 'task_order'
+               text:str, # comma-separated items, e.g. 'mono,poly' or 'bottle+cable,screw'
+              ) -> list:
+    "A list field written as text: items split on commas; in `task_order`, `a+b` is one merged task and `3` an index."
+    items = [s.strip() for s in text.split(',') if s.strip()]
+    if name != 'task_order': return items
+    return [[p.strip() for p in s.split('+')] if '+' in s else int(s) if s.isdigit() else s for s in items]
+
 def _check_type(cls, name:str, value, source:str):
     typ = _expected_type(cls, name)
     if typ is None: return value
+    if typ is list and isinstance(value, str): value = split_list(name, value)  # `--set task_order=mono,poly`
     ok = isinstance(value, typ) and not (typ in (int, float) and isinstance(value, bool))
     if typ is float and isinstance(value, int) and not isinstance(value, bool): ok, value = True, float(value)
     if not ok:
@@ -241,6 +254,14 @@ def _model_of(layers:list[tuple[str, dict]]) -> tuple[str, str]:
     return arch.lower(), src
 
 # %% ../nbs/01_config.ipynb #bb4cbc4a
+def model_class(arch:str, # a name of `MODELS`
+               ) -> type:
+    "The model class registered as `arch` (imported on demand: the models import this module, not the other way round)."
+    import importlib
+    from clad.models.base import MODEL_REGISTRY
+    if arch not in MODEL_REGISTRY: importlib.import_module(f'clad.models.{arch}')
+    return MODEL_REGISTRY[arch]
+
 def load_config(model:str|None=None, # model name; default: from the run JSON or common_param.json
                 run_json:str|Path|None=None, # a run configuration file (e.g. configurations/test_stfpm_ideal_replay.json)
                 overrides:dict|None=None, # explicit values, winning over every file
@@ -273,6 +294,10 @@ def load_config(model:str|None=None, # model name; default: from the run JSON or
             else: _unknown_key(key, top | pnames, source)
     for k in ('architecture', 'sample_strategy', 'wandb_mode', 'anomaly_source'):
         if k in values: values[k] = values[k].lower()
+    mcls = model_class(arch)
+    if 'sample_strategy' not in values:  # no layer names one: the strategy the model declares
+        values['sample_strategy'] = mcls.default_strategy
+        sources['sample_strategy'] = f'model default ({mcls.__module__}.{mcls.__qualname__}.default_strategy)'
     cfg = Config(**values, model_params=pcls(**params), sources=sources)
     _check_ranges(cfg)
     return cfg

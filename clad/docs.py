@@ -20,8 +20,8 @@ from .config import project_root
 from .core import CladError, atomic_write_json, atomic_write_text
 
 # %% auto #0
-__all__ = ['notebook_markdown', 'build_readme', 'readme_main', 'execute_notebook', 'process_notebook', 'sphinx_notebook',
-           'build_site', 'docs_main']
+__all__ = ['MATHJAX_ENTRY', 'notebook_markdown', 'build_readme', 'readme_main', 'execute_notebook', 'process_notebook',
+           'sphinx_notebook', 'mathjax_source', 'copy_mathjax', 'quarto_local_mathjax', 'build_site', 'docs_main']
 
 # %% ../nbs/34_docs.ipynb #23b72800
 _DIRECTIVE = re.compile(r'^\s*#\s*\|\s*(\w[\w-]*)')
@@ -74,6 +74,12 @@ def _drop_slow(nb:dict, skip_flags=('slow',)) -> dict:
     nb['cells'] = cells
     return nb
 
+def _skips_exec(nb:dict) -> bool:
+    "True when the notebook's front matter (a `- skip_exec: true` line under the title, or a raw `---` cell) says not to run it."
+    for c in nb['cells'][:2]:
+        if c['cell_type'] in ('markdown', 'raw') and re.search(r'^\s*-?\s*skip_exec:\s*true\s*$', ''.join(c['source']), re.M | re.I): return True
+    return False
+
 def _note(nb:dict, text:str) -> dict:
     "Put a note right under the title of `nb`."
     nb['cells'].insert(1, dict(cell_type='markdown', metadata={}, source=f'> **Note.** {text}'))
@@ -89,6 +95,9 @@ def execute_notebook(src:str|Path, # a notebook of `nbs/`
     from nbclient import NotebookClient
     src, dest = Path(src), Path(dest)
     nb = _drop_slow(json.loads(src.read_text()), skip_flags)
+    if _skips_exec(nb):  # e.g. the result-notebook template, whose default run belongs to a user, not to the docs
+        dest.parent.mkdir(parents=True, exist_ok=True); dest.write_text(json.dumps(nb, indent=1))
+        return dict(notebook=src.name, status='not executed (skip_exec)', seconds=0.0)
     t0, status = time.time(), 'executed'
     def _deadline(cell, cell_index):
         if time.time() - t0 > timeout: raise TimeoutError(f'ran past {timeout:.0f} s')
@@ -195,6 +204,7 @@ nb_execution_mode = 'off'           # executed (without slow cells) by clad.docs
 nb_render_markdown_format = 'myst'  # show_doc output is markdown
 myst_enable_extensions = ['dollarmath', 'amsmath', 'colon_fence']
 myst_all_links_external = True      # links are already page.html#anchor, as on the Quarto site
+mathjax_path = 'mathjax/tex-mml-chtml.js'  # the site's own copy under _static/ (copy_mathjax), not a CDN
 html_theme = {theme!r}
 html_title = {title!r}
 html_static_path = ['_static']
@@ -211,6 +221,43 @@ _SECTIONS = [('0', 'Foundations'), ('1', 'Models'), ('2', 'Continual learning'),
 
 def _section(stem:str) -> str:
     return next(name for p, name in _SECTIONS if stem.startswith(p) and (p == '' or stem[:1].isdigit()))
+
+# %% ../nbs/34_docs.ipynb #6d2f1b5e
+MATHJAX_ENTRY = 'mathjax/tex-mml-chtml.js'  # the script each page loads, relative to the site's static folder
+
+def mathjax_source() -> Path:
+    "The MathJax 3 distribution (`es5/`) of the installed `django-static-mathjax` package."
+    import importlib.util
+    spec = importlib.util.find_spec('mathjax')
+    es5 = Path(spec.origin).parent/'static'/'mathjax'/'es5' if spec and spec.origin else None
+    if es5 is None or not (es5/'tex-mml-chtml.js').exists():
+        raise CladError("MathJax: the documentation serves its own MathJax 3 and needs the package django-static-mathjax "
+                        "(pip install 'django-static-mathjax==3.2.2.1', or `make venv`, which installs the docs extra)")
+    return es5
+
+def copy_mathjax(dest:str|Path, # the folder that becomes `<site>/.../mathjax/`
+                ) -> Path:
+    "Copy the MathJax component the pages load and what it loads on demand into `dest`."
+    src, dest = mathjax_source(), Path(dest)
+    entry = Path(MATHJAX_ENTRY).name
+    def skip(folder, names):
+        rel = Path(folder).relative_to(src)
+        if rel == Path('.'): return [n for n in names if n.endswith('.js') and n != entry]  # other combined components, latest.js
+        if rel == Path('output'): return [n for n in names if n.startswith('svg')]
+        return []
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(src, dest, ignore=skip)
+    return dest
+
+def quarto_local_mathjax(quarto_yml:str) -> str:
+    "`_quarto.yml` with MathJax loaded from the site's `mathjax/` folder (copied as a resource) instead of a CDN."
+    import yaml
+    q = yaml.safe_load(quarto_yml) or {}
+    html = q.setdefault('format', {}).setdefault('html', {})
+    html['html-math-method'] = dict(method='mathjax', url=MATHJAX_ENTRY)
+    res = q.setdefault('project', {}).setdefault('resources', [])
+    if 'mathjax/**' not in res: res.append('mathjax/**')
+    return yaml.safe_dump(q, sort_keys=False)
 
 # %% ../nbs/34_docs.ipynb #58db5b21
 def _run_all(fn, jobs:list, n_workers:int) -> list:
@@ -247,6 +294,7 @@ def _sphinx_site(proc:list, work:Path, out:Path, cfg, n_workers:int=2):
         (src/'index.ipynb').write_text(json.dumps(nb))
     else: (src/'index.md').write_text(f"# {cfg.get('title', 'Documentation')}\n\n{cfg.get('description', '')}\n\n{toc}\n")
     (src/'_static').mkdir(exist_ok=True); (src/'_static'/'clad.css').write_text(_CSS)
+    copy_mathjax(src/'_static'/'mathjax')
     try: import furo; theme = 'furo'
     except ImportError: theme = 'alabaster'
     (src/'conf.py').write_text(_CONF.format(title=cfg.get('title', 'docs'), author=cfg.get('author', ''), copyright=cfg.get('copyright', ''), theme=theme))
@@ -262,6 +310,7 @@ def _quarto_site(proc:list, work:Path, out:Path, cfg, nbs:Path):
     refresh_quarto_yml(); nbdev_sidebar.__wrapped__(path=nbs)
     for f in ('_quarto.yml', 'nbdev.yml', 'sidebar.yml', 'styles.css'):
         if (nbs/f).exists(): shutil.copy2(nbs/f, work/f)
+    (work/'_quarto.yml').write_text(quarto_local_mathjax((work/'_quarto.yml').read_text())); copy_mathjax(work/'mathjax')
     subprocess.run(['quarto', 'render', str(work), '--no-cache'], check=True)
     shutil.rmtree(out, ignore_errors=True)
     shutil.move(str(work/Path(cfg.get('doc_path', '_docs')).name), str(out))

@@ -29,9 +29,9 @@ from .metrics import (METRICS, IMAGE_METRICS, PIXEL_METRICS, ScoreNormalizer, ev
 
 # %% auto #0
 __all__ = ['RANDOM_BASELINES', 'SUMMARY_KEYS', 'SCHEMA_VERSION', 'RESULT_KEYS', 'POOLED_METRICS', 'COST_KEYS', 'MAIN_METRICS',
-           'cl_summary', 'param_bytes', 'nbytes', 'peak_memory_mb', 'peak_cuda_mb', 'CostMeter', 'environment_info',
-           'validate_results', 'load_results', 'plot_matrices', 'plot_avg_seen', 'save_gallery', 'metrics_csv',
-           'write_results', 'find_joint_run', 'RunRecorder']
+           'CLASS_KEYS', 'cl_summary', 'param_bytes', 'nbytes', 'peak_memory_mb', 'peak_cuda_mb', 'CostMeter',
+           'environment_info', 'validate_results', 'load_results', 'plot_matrices', 'plot_avg_seen', 'save_gallery',
+           'metrics_csv', 'class_metrics_csv', 'write_results', 'find_joint_run', 'joint_finals', 'RunRecorder']
 
 # %% ../nbs/06_evaluate.ipynb #f027fc9d
 RANDOM_BASELINES = {'image_auroc': 0.5, 'pixel_auroc': 0.5, 'pixel_aupro': 0.15}
@@ -53,31 +53,35 @@ def cl_summary(R:list, # S x T matrix: R[t][j] after step t on task j; None wher
                baseline:float|list|None=None, # b_j for FWT: the untrained model's row, or one number
                metric:str|None=None, # the metric's name; picks a random-scorer baseline when `baseline` is None
                seen_all:bool=False, # joint training: every step has seen every task
+               learned_at:list|None=None, # step at which column j is trained (default: step j); per-class matrices
               ) -> dict:
-    "Continual-learning summaries of one metric's matrix; `reasons` explains every None, `notes` partial averages."
+    "Continual-learning summaries of one metric's matrix; `reasons` explains every None, `notes` partial averages, `fwt_baseline` names FWT's baseline."
     S, T = _check_matrix(R); L = S - 1
-    out = dict.fromkeys(SUMMARY_KEYS); why = {}; notes = {}
+    at = list(range(T)) if learned_at is None else [int(a) for a in learned_at]
+    if len(at) != T: raise CladError(f"learned_at: expected {T} steps (one per column), got {len(at)}")
+    out = dict.fromkeys(SUMMARY_KEYS); why = {}; notes = {}; fwt_label = None
     last = R[L]
     out['final_avg'] = _mean(last)
     n_def = sum(v is not None for v in last)
     if out['final_avg'] is None: why['final_avg'] = 'no task of the last step has a defined value'
     elif n_def < T: notes['final_avg'] = f'mean over the {n_def} of {T} tasks with a defined value'
-    out['avg_seen'] = [_mean(R[t] if seen_all else R[t][:t + 1]) for t in range(S)]
+    out['avg_seen'] = [_mean(R[t] if seen_all else [v for v, a in zip(R[t], at) if a <= t]) for t in range(S)]
     if seen_all or S < 2:
         r = 'joint training has no task sequence' if seen_all else 'needs at least 2 training steps'
         for k in ('bwt', 'forgetting', 'forgetting_legacy', 'fwt'): why[k] = r
     else:
-        out['bwt'] = _mean([last[j] - R[j][j] for j in range(L) if last[j] is not None and R[j][j] is not None])
+        old = [j for j in range(T) if at[j] < L]  # columns trained before the last step
+        out['bwt'] = _mean([last[j] - R[at[j]][j] for j in old if last[j] is not None and R[at[j]][j] is not None])
         f = []
-        for j in range(L):
-            prev = [R[l][j] for l in range(j, L) if R[l][j] is not None]
+        for j in old:
+            prev = [R[l][j] for l in range(at[j], L) if R[l][j] is not None]
             if prev and last[j] is not None: f.append(max(prev) - last[j])
         out['forgetting'] = _mean(f)
         for k in ('bwt', 'forgetting'):
             if out[k] is None: why[k] = 'no earlier task has defined values before and after'
         # legacy (original CLAD): relative, l over all earlier steps incl. l < j, clipped at 0
         legacy, skipped = [], 0
-        for j in range(L):
+        for j in old:
             if last[j] is None: continue
             ratios = []
             for l in range(L):
@@ -88,17 +92,21 @@ def cl_summary(R:list, # S x T matrix: R[t][j] after step t on task j; None wher
         if legacy: out['forgetting_legacy'] = float(sum(legacy) / len(legacy))
         else: why['forgetting_legacy'] = 'no earlier task has a defined non-zero value'
         if skipped: notes['forgetting_legacy'] = f'{skipped} entries with R[l][j] = 0 skipped (the original divided by zero)'
-        if baseline is None and metric in RANDOM_BASELINES: baseline = RANDOM_BASELINES[metric]
+        fwt_label = 'untrained model' if baseline is not None and not np.isscalar(baseline) else None
+        if baseline is None and metric in RANDOM_BASELINES: baseline = RANDOM_BASELINES[metric]; fwt_label = f'random scorer ({baseline:g})'
+        if baseline is not None and fwt_label is None: fwt_label = f'constant ({float(baseline):g})'
         if baseline is None: why['fwt'] = f'no baseline for {metric or "this metric"}: record the untrained model (RunRecorder.add_baseline)'
         else:
             b = [baseline] * T if np.isscalar(baseline) else list(baseline)
             if len(b) != T: raise CladError(f"baseline: expected {T} values (one per task), got {len(b)}")
-            out['fwt'] = _mean([R[j - 1][j] - b[j] for j in range(1, S) if R[j - 1][j] is not None and b[j] is not None])
+            out['fwt'] = _mean([R[at[j] - 1][j] - b[j] for j in range(T) if 1 <= at[j] < S and R[at[j] - 1][j] is not None
+                                and b[j] is not None])
             if out['fwt'] is None: why['fwt'] = 'no task has a defined value before its training step'
     if joint is None: why['gap_to_joint'] = 'no joint (multi_task) run of the same model and seed'
     elif out['final_avg'] is None: why['gap_to_joint'] = why['final_avg']
     elif joint == 0: why['gap_to_joint'] = 'the joint run scores 0'
     else: out['gap_to_joint'] = (joint - out['final_avg']) / joint
+    out['fwt_baseline'] = fwt_label if out['fwt'] is not None else None
     out['reasons'] = why
     if notes: out['notes'] = notes
     return out
@@ -196,6 +204,38 @@ MAIN_METRICS = ('image_auroc', 'pixel_auroc', 'pixel_f1_max', 'pixel_aupro')
 
 def _is_num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
+CLASS_KEYS = ('classes', 'class_tasks', 'class_test_images', 'class_matrices', 'class_summary')
+
+def _check_summary(name:str, s, n_rows:int, errs:list):
+    if not isinstance(s, dict): errs.append(f"{name}: missing"); return
+    errs += [f"{name}: missing '{k}'" for k in SUMMARY_KEYS if k not in s]
+    if isinstance(s.get('avg_seen'), list) and len(s['avg_seen']) != n_rows: errs.append(f"{name}.avg_seen: expected {n_rows} values")
+    errs += [f"{name}.{k}: expected a number or null" for k in SUMMARY_KEYS
+             if k != 'avg_seen' and k in s and s[k] is not None and not _is_num(s[k])]
+
+def _check_classes(d:dict, S:int|None, T:int, errs:list):
+    "The optional per-class block: all of `CLASS_KEYS` or none, S×C matrices over the classes."
+    if not any(k in d for k in CLASS_KEYS): return
+    errs += [f"missing key '{k}' (per-class results need all of {', '.join(CLASS_KEYS)})" for k in CLASS_KEYS if k not in d]
+    cls = d.get('classes')
+    if not (isinstance(cls, list) and cls and all(isinstance(c, str) for c in cls) and len(set(cls)) == len(cls)):
+        errs.append("classes: expected a non-empty list of distinct names"); return
+    C = len(cls); is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+    ct = d.get('class_tasks')
+    if not (isinstance(ct, list) and len(ct) == C and all(is_int(j) and 0 <= j < T for j in ct)):
+        errs.append(f"class_tasks: expected {C} task indices below {T}")
+    ci = d.get('class_test_images')
+    if not (isinstance(ci, list) and len(ci) == C and all(is_int(n) and n >= 0 for n in ci)):
+        errs.append(f"class_test_images: expected {C} image counts")
+    for m in METRICS:
+        R = (d.get('class_matrices') or {}).get(m)
+        if not isinstance(R, list) or (S is not None and len(R) != S): errs.append(f"class_matrices.{m}: expected {S} rows"); continue
+        for t, row in enumerate(R):
+            if not isinstance(row, list) or len(row) != C: errs.append(f"class_matrices.{m}[{t}]: expected {C} values"); continue
+            bad = [v for v in row if v is not None and not (_is_num(v) and -1e-9 <= v <= 1 + 1e-9)]
+            if bad: errs.append(f"class_matrices.{m}[{t}]: expected numbers in [0, 1] or null, got {bad[:3]}")
+        _check_summary(f'class_summary.{m}', (d.get('class_summary') or {}).get(m), len(R), errs)
+
 def validate_results(d:dict) -> dict:
     "Check a results dict against the schema; raises `CladError` listing every problem, returns `d`."
     errs = []
@@ -220,9 +260,11 @@ def validate_results(d:dict) -> dict:
         if isinstance(s.get('avg_seen'), list) and len(s['avg_seen']) != len(R): errs.append(f"summary.{m}.avg_seen: expected {len(R)} values")
         errs += [f"summary.{m}.{k}: expected a number or null" for k in SUMMARY_KEYS
                  if k != 'avg_seen' and k in s and s[k] is not None and not _is_num(s[k])]
+        if not isinstance(s.get('fwt_baseline'), (str, type(None))): errs.append(f"summary.{m}.fwt_baseline: expected a label or null")
     for m in POOLED_METRICS:
         p = (d.get('pooled') or {}).get(m)
         if not isinstance(p, list) or (S is not None and len(p) != S): errs.append(f"pooled.{m}: expected a list of {S} values")
+    _check_classes(d, S, T, errs)
     cost = d.get('cost')
     if not isinstance(cost, dict): errs.append("cost: expected a dict")
     else: errs += [f"cost: missing '{k}'" for k in COST_KEYS if k not in cost]
@@ -322,6 +364,14 @@ def metrics_csv(results:dict) -> str:
             for j, v in enumerate(row): w.writerow([t, j, m, '' if v is None else repr(float(v))])
     return buf.getvalue()
 
+def class_metrics_csv(results:dict) -> str:
+    "The per-class matrices in long form: step,class,metric,value."
+    buf = io.StringIO(); w = csv.writer(buf, lineterminator='\n'); w.writerow(['step', 'class', 'metric', 'value'])
+    for m, R in results['class_matrices'].items():
+        for t, row in enumerate(R):
+            for c, v in zip(results['classes'], row): w.writerow([t, c, m, '' if v is None else repr(float(v))])
+    return buf.getvalue()
+
 def write_results(run_dir:str|Path, # the run folder
                   record:dict, # a results dict (see the schema above)
                   figures:bool=True, # also draw figures/matrices.png and figures/avg_seen.png
@@ -332,6 +382,7 @@ def write_results(run_dir:str|Path, # the run folder
         _save_fig(plot_matrices(record), run_dir / 'figures' / 'matrices.png')
         _save_fig(plot_avg_seen(record), run_dir / 'figures' / 'avg_seen.png')
     atomic_write_text(run_dir / 'metrics.csv', metrics_csv(record))
+    if 'class_matrices' in record: atomic_write_text(run_dir / 'metrics_per_class.csv', class_metrics_csv(record))
     return atomic_write_json(run_dir / 'results.json', record)  # last: its presence marks a complete run
 
 def find_joint_run(run_dir:str|Path) -> Path|None:
@@ -340,6 +391,16 @@ def find_joint_run(run_dir:str|Path) -> Path|None:
     if run_dir.parent.name == 'multi_task': return None
     p = run_dir.parent.parent / 'multi_task' / run_dir.name / 'results.json'
     return p if p.exists() else None
+
+def joint_finals(run_dir:str|Path|None, # a run folder (None: no joint run)
+                ) -> tuple[dict|None, dict|None]:
+    "metric -> final_avg of the joint (multi_task) run next to `run_dir`, over tasks and over classes; None where there is none."
+    p = None if run_dir is None else find_joint_run(run_dir)
+    if p is None: return None, None
+    try: r = load_results(p.parent)
+    except CladError: return None, None  # an unreadable joint run gives no gap rather than a crash
+    final = lambda block: {m: s['final_avg'] for m, s in block.items()} if block else None
+    return final(r['summary']), final(r.get('class_summary'))
 
 def _jsonable(x):
     if x is None or isinstance(x, dict): return x
@@ -353,7 +414,10 @@ class RunRecorder:
                  tasks:list[str], # task names in training order
                  n_steps:int|None=None, # training steps (default: one per task; 1 for joint training)
                  seen_all:bool=False, # joint training: every step has seen every task
-                 environment:dict|None=None, data:dict|None=None, weights:dict|None=None):
+                 environment:dict|None=None, data:dict|None=None, weights:dict|None=None,
+                 classes:dict|None=None, # per-class results: class name -> its task (index or name), in stream order
+                 class_test_images:dict|None=None, # class name -> number of its test images
+                ):
         self.config, self.tasks, self.seen_all = _jsonable(config), [str(t) for t in tasks], seen_all
         self.n_steps = n_steps or (1 if seen_all else len(tasks))
         self.environment = environment or environment_info()
@@ -364,6 +428,11 @@ class RunRecorder:
         self.pooled = {m: [None] * S for m in POOLED_METRICS}
         self.pooled_reasons = {m: ['not evaluated'] * S for m in POOLED_METRICS}
         self.baseline = None; self.cost = {}; self.extra = {}
+        self.classes = {str(c): self._task(t) for c, t in (classes or {}).items()}
+        self.class_test_images = {c: int((class_test_images or {}).get(c, 0)) for c in self.classes}
+        C = len(self.classes)
+        self.class_matrices = {m: [[None] * C for _ in range(S)] for m in METRICS}
+        self.class_reasons = {m: [['not evaluated'] * C for _ in range(S)] for m in METRICS}
 
     def _task(self, task) -> int:
         j = self.tasks.index(task) if isinstance(task, str) and task in self.tasks else task
@@ -373,11 +442,20 @@ class RunRecorder:
     def add_row(self, step:int, task, values:dict, reasons:dict|None=None):
         "Record the metrics of the model after `step` on test task `task` (index or name)."
         if not 0 <= step < self.n_steps: raise CladError(f"step: expected 0..{self.n_steps - 1}, got {step}")
-        j = self._task(task); reasons = reasons or {}
+        self._put(self.matrices, self.reasons, step, self._task(task), values, reasons)
+
+    def _put(self, matrices, why, step, j, values, reasons):
+        reasons = reasons or {}
         for m in METRICS:
             v = values.get(m)
-            self.matrices[m][step][j] = None if v is None or not math.isfinite(v) else float(v)
-            self.reasons[m][step][j] = None if self.matrices[m][step][j] is not None else reasons.get(m, 'undefined')
+            matrices[m][step][j] = None if v is None or not math.isfinite(v) else float(v)
+            why[m][step][j] = None if matrices[m][step][j] is not None else reasons.get(m, 'undefined')
+
+    def add_class_row(self, step:int, cls:str, values:dict, reasons:dict|None=None):
+        "Record the metrics of the model after `step` on the test images of class `cls` (one of `classes`)."
+        if not 0 <= step < self.n_steps: raise CladError(f"step: expected 0..{self.n_steps - 1}, got {step}")
+        if cls not in self.classes: raise CladError(f"class: expected one of {list(self.classes)}, got {cls!r}")
+        self._put(self.class_matrices, self.class_reasons, step, list(self.classes).index(cls), values, reasons)
 
     def add_baseline(self, task, values:dict):
         "Record the untrained model's metrics on `task` (the b_j of forward transfer)."
@@ -394,25 +472,33 @@ class RunRecorder:
 
     def add_cost(self, cost:dict|CostMeter): "Set the cost block."; self.cost = cost.summary() if isinstance(cost, CostMeter) else dict(cost)
 
-    def results(self, joint:dict|None=None) -> dict:
-        "The results dict; `joint` maps metric -> the joint run's final_avg."
+    def results(self, joint:dict|None=None, # metric -> the joint run's final_avg
+                class_joint:dict|None=None, # metric -> the joint run's final_avg over classes
+               ) -> dict:
+        "The results dict (with the per-class block when `classes` were given)."
         joint = joint or {}
         summary = {m: cl_summary(self.matrices[m], joint=joint.get(m), metric=m, seen_all=self.seen_all,
                                  baseline=None if self.baseline is None else self.baseline[m]) for m in METRICS}
         cost = {k: None for k in COST_KEYS} | self.cost
+        reasons = dict(matrices=self.reasons, pooled=self.pooled_reasons) | (dict(class_matrices=self.class_reasons) if self.classes else {})
         return dict(schema_version=SCHEMA_VERSION, config=self.config, environment=self.environment, data=self.data,
                     weights=self.weights, tasks=self.tasks, matrices=self.matrices, summary=summary, pooled=self.pooled,
-                    cost=cost, reasons=dict(matrices=self.reasons, pooled=self.pooled_reasons), baseline=self.baseline,
-                    extra=self.extra)
+                    cost=cost, reasons=reasons, baseline=self.baseline, extra=self.extra) | self._class_block(class_joint or {})
+
+    def _class_block(self, class_joint:dict) -> dict:
+        if not self.classes: return {}
+        at = list(self.classes.values())  # a class is trained at its task's step
+        out = dict(classes=list(self.classes), class_tasks=at, class_test_images=list(self.class_test_images.values()),
+                   class_matrices=self.class_matrices,
+                   class_summary={m: cl_summary(self.class_matrices[m], joint=class_joint.get(m), metric=m, seen_all=self.seen_all,
+                                                learned_at=at) for m in METRICS})
+        return out
 
     def write(self, run_dir:str|Path, # the run folder
               joint:dict|str|None='auto', # 'auto': look for the sibling multi_task run; or metric -> final_avg
-              figures:bool=True) -> Path:
+              figures:bool=True,
+              class_joint:dict|None=None, # metric -> the joint run's per-class final_avg (with `joint='auto'`: found there too)
+             ) -> Path:
         "Write results.json, metrics.csv and figures/ to `run_dir`."
-        if joint == 'auto':
-            p = None if self.seen_all else find_joint_run(run_dir)
-            joint = None
-            if p is not None:
-                try: joint = {m: s['final_avg'] for m, s in load_results(p.parent)['summary'].items()}
-                except CladError: joint = None  # an unreadable joint run gives no gap rather than a crash
-        return write_results(run_dir, self.results(joint), figures)
+        if joint == 'auto': joint, class_joint = joint_finals(None if self.seen_all else run_dir)
+        return write_results(run_dir, self.results(joint, class_joint), figures)

@@ -5,7 +5,11 @@
 # %% ../nbs/30_experiment.ipynb #50e25c00
 from __future__ import annotations
 import copy
+import dataclasses
+import importlib.util
+import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,21 +17,23 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
-from tqdm.auto import tqdm
 
-from .core import CladError, atomic_torch_save, atomic_write_json, default_device, derive_seed, seed_everything, torch_generator
+from .core import (CladError, FolderLock, _behind, atomic_torch_save, atomic_write_json, default_device, derive_seed,
+                       describe_holder, remove_partial_writes, seed_everything, torch_generator)
 from .config import Config, load_config, resolve_path, run_dir as config_run_dir
 from .data import AnomalyDataset, ImageTransform, Task, dataset_info, make_task_stream, read_image
 from .metrics import ScoreNormalizer, evaluate_task, fit_threshold, pooled_metrics
-from .evaluate import (RunRecorder, environment_info, find_joint_run, load_results, param_bytes, peak_cuda_mb,
-                           peak_memory_mb, save_gallery, write_results)
+from .evaluate import (RunRecorder, environment_info, find_joint_run, joint_finals, load_results, param_bytes, peak_cuda_mb,
+                           peak_memory_mb, save_gallery, validate_results, write_results)
 from .tracking import make_tracker
 from .models.base import AnomalyModel, build_model, grad_scaler
 from .strategies import Step, Strategy, make_strategy
 
+
 # %% auto #0
 __all__ = ['loader_settings', 'make_transform', 'make_loader', 'replay_batches', 'StepLog', 'validation_loss', 'train_step',
-           'Scored', 'score_records', 'resolve_data_root', 'Experiment', 'evaluate_step', 'run', 'results_record',
+           'Scored', 'score_records', 'resolve_data_root', 'run_identity', 'identity_differences', 'RunFolderMismatch',
+           'show_progress', 'Experiment', 'class_metrics', 'evaluate_step', 'clear_run_folder', 'run', 'results_record',
            'write', 'run_experiment']
 
 # %% ../nbs/30_experiment.ipynb #77e7b5ba
@@ -97,7 +103,7 @@ def train_step(model:AnomalyModel, # the model (already on `device`)
                replay_records:list, # images replayed with them
                val_records:list, # validation normals (early stopping)
                cfg:Config, device:torch.device, step:int,
-               progress:bool=True,
+               on_epoch=None, # called as `on_epoch(epoch, log)` after every epoch (e.g. to update a progress bar)
               ) -> StepLog:
     "Train `model` on one step; returns its `StepLog`."
     log = StepLog(n_train=len(train_records), n_replay=len(replay_records))
@@ -112,10 +118,9 @@ def train_step(model:AnomalyModel, # the model (already on `device`)
     replay = replay_batches(replay_records, cfg, device, step, n_rep) if n_rep else None
     scaler = grad_scaler(device) if cfg.amp else None
     best, best_state, bad_epochs = math.inf, None, 0
-    epochs = tqdm(range(cfg.num_epochs), desc=f'step {step} epochs', leave=False, disable=not progress)
-    for epoch in epochs:
-        model.train(); t0 = time.perf_counter(); losses = []
-        for i, batch in enumerate(tqdm(loader, desc='batches', leave=False, disable=not progress)):
+    for epoch in range(cfg.num_epochs):
+        model.train(); t0 = time.perf_counter(); losses = []; stop = False
+        for i, batch in enumerate(loader):
             if cfg.max_train_batches and i >= cfg.max_train_batches: break
             if replay is not None: batch = _cat_batches(batch, next(replay))
             batch = _to_device(batch, device)
@@ -128,19 +133,20 @@ def train_step(model:AnomalyModel, # the model (already on `device`)
         if scheduler is not None: scheduler.step()
         log.train_seconds += time.perf_counter() - t0
         log.train_loss.append(float(np.mean(losses)) if losses else math.nan)
-        if val_loader is None or not cfg.early_stopping:
-            epochs.set_postfix(loss=f'{log.train_loss[-1]:.4f}'); continue
-        t0 = time.perf_counter(); v = validation_loss(model, val_loader, device); log.val_seconds += time.perf_counter() - t0
-        log.val_loss.append(v); epochs.set_postfix(loss=f'{log.train_loss[-1]:.4f}', val=f'{v:.4f}')
-        if v < best:
-            best, bad_epochs, log.best_epoch = v, 0, epoch
-            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-        else:
-            bad_epochs += 1
-            if bad_epochs >= cfg.patience: log.stopped_early = True; break
+        if val_loader is not None and cfg.early_stopping:
+            t0 = time.perf_counter(); v = validation_loss(model, val_loader, device); log.val_seconds += time.perf_counter() - t0
+            log.val_loss.append(v)
+            if v < best:
+                best, bad_epochs, log.best_epoch = v, 0, epoch
+                best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+            else:
+                bad_epochs += 1; stop = bad_epochs >= cfg.patience
+        if on_epoch is not None: on_epoch(epoch, log)
+        if stop: log.stopped_early = True; break
     if best_state is not None: model.load_state_dict(best_state)
     elif log.train_loss: log.best_epoch = len(log.train_loss) - 1
     return log
+
 
 # %% ../nbs/30_experiment.ipynb #9592b010
 @dataclass
@@ -176,17 +182,72 @@ def resolve_data_root(cfg:Config) -> Path:
         if not root.exists():
             raise CladError(f"data_path: {root} does not exist. Expected an MVTec AD folder (<data_path>/<class>/train/good, "
                             "test/<defect>, ground_truth/<defect>) from https://www.mvtec.com/company/research/datasets/mvtec-ad, "
-                            "or leave data_path empty to use the embedded dataset")
+                            "or a VisA folder as distributed (<data_path>/split_csv/1cls.csv and <data_path>/<class>/Data/...) "
+                            "from https://github.com/amazon-science/spot-diff, or leave data_path empty to use the embedded dataset")
         return root
     from clad.synthetic import ensure_embedded_dataset
     return Path(ensure_embedded_dataset())
 
 # %% ../nbs/30_experiment.ipynb #50aa9eeb
-_RESUME_IGNORED = ('overwrite', 'wandb_mode', 'project_name', 'tags', 'device', 'num_workers', 'output_dir')
+_IDENTITY_IGNORED = ('overwrite', 'wandb_mode', 'project_name', 'tags', 'device', 'num_workers', 'output_dir', 'data_path')
+_ABSENT = object()
+
+def _plain(x):
+    "`x` as it reads back from a JSON file (tuples become lists)."
+    return json.loads(json.dumps(x, default=str))
 
 def _config_key(cfg:Config) -> dict:
-    "The part of the config that must match for a checkpoint to be resumed."
-    return {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_IGNORED}
+    "The part of the config a run's results depend on (the data is identified by its fingerprint, not by its path)."
+    return _plain({k: v for k, v in cfg.to_dict().items() if k not in _IDENTITY_IGNORED})
+
+def run_identity(cfg:Config, data_fingerprint:str|None) -> dict:
+    "What a run folder's results depend on: the configuration key and the data's fingerprint."
+    return dict(config=_config_key(cfg), data_fingerprint=data_fingerprint)
+
+def _flat(config:dict) -> dict:
+    "Config fields with the model's parameters as `model_params.<name>`."
+    out = {k: v for k, v in config.items() if k != 'model_params' and k not in _IDENTITY_IGNORED}
+    out.update({f'model_params.{k}': v for k, v in (config.get('model_params') or {}).items()})
+    return out
+
+def _config_defaults(cfg:Config) -> dict:
+    "The default of every config field and model parameter, flattened like `_flat`."
+    out = {}
+    for owner, prefix in ((cfg, ''), (cfg.model_params, 'model_params.')):
+        if not dataclasses.is_dataclass(owner): continue
+        for f in dataclasses.fields(owner):
+            if f.default is not dataclasses.MISSING: out[prefix + f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING: out[prefix + f.name] = f.default_factory()
+    return _plain(out)
+
+def _show(v, width:int=48) -> str:
+    s = '(absent)' if v is _ABSENT else json.dumps(v, default=str)
+    return s if len(s) <= width else s[:width - 1] + '…'
+
+def identity_differences(stored:dict, # the identity a run folder holds (`run.json`, a checkpoint, results.json)
+                         current:dict, # `run_identity` of the run about to start
+                         defaults:dict|None=None, # `_config_defaults`: fields missing on one side count as equal at these
+                        ) -> list[str]:
+    "'field: old → new' for every field in which two run identities differ."
+    old, new, defaults = _flat(stored.get('config') or {}), _flat(current.get('config') or {}), defaults or {}
+    out = []
+    for k in [*new, *(k for k in old if k not in new)]:
+        a, b = old.get(k, _ABSENT), new.get(k, _ABSENT)
+        if a == b: continue
+        if (a is _ABSENT and b == defaults.get(k, _ABSENT)) or (b is _ABSENT and a == defaults.get(k, _ABSENT)): continue
+        out.append(f'{k}: {_show(a)} → {_show(b)}')
+    fa, fb = stored.get('data_fingerprint'), current.get('data_fingerprint')
+    if fa and fb and fa != fb: out.append(f'data fingerprint: {fa[:12]}… → {fb[:12]}…')
+    return out
+
+class RunFolderMismatch(CladError):
+    "A run folder holds another run; `differences` lists its fields as 'field: old → new'."
+    def __init__(self, run_dir, differences:list, finished:bool):
+        self.run_dir, self.differences, self.finished = Path(run_dir), list(differences), finished
+        super().__init__(f"{run_dir} holds {'a finished' if finished else 'an unfinished'} run with a different configuration "
+                         f"or data: {'; '.join(self.differences)}. To discard that run and start again, set overwrite=True "
+                         "(clad-run --overwrite); to keep it, set output_dir to another folder")
+    def __reduce__(self): return type(self), (self.run_dir, self.differences, self.finished)
 
 def _rng_state() -> dict:
     import random
@@ -199,14 +260,41 @@ def _set_rng_state(s:dict):
     random.setstate(s['python']); np.random.set_state(s['numpy']); torch.set_rng_state(s['torch'])
     if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
+
+# %% ../nbs/30_experiment.ipynb #128fc284
+def _in_notebook_kernel() -> bool:
+    "Whether this code runs in a Jupyter kernel (a notebook, papermill)."
+    ipython = sys.modules.get('IPython')
+    try: return ipython is not None and getattr(ipython.get_ipython(), 'kernel', None) is not None
+    except Exception: return False
+
+def show_progress(progress:bool|str='auto', # True, False, or 'auto'
+                  stream=None, # where the bar would go (default: standard error)
+                 ) -> bool:
+    "Whether to draw a progress bar: as given, or for `'auto'` only when `stream` is a terminal outside a notebook kernel."
+    if isinstance(progress, bool): return progress
+    if progress != 'auto': raise CladError(f"progress: expected True, False or 'auto', got {progress!r}")
+    stream = sys.stderr if stream is None else stream
+    try: terminal = bool(stream.isatty())
+    except (AttributeError, ValueError): terminal = False
+    return terminal and not _in_notebook_kernel()
+
+def _progress_bar(total:int, initial:int, desc:str):
+    "The run's one progress bar (tqdm; a widget in a notebook kernel with ipywidgets)."
+    from tqdm.std import tqdm  # imported here: tqdm.auto warns at import in a kernel without ipywidgets
+    if _in_notebook_kernel() and importlib.util.find_spec('ipywidgets') is not None: from tqdm.notebook import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, unit='step')
+
+
 # %% ../nbs/30_experiment.ipynb #95171649
 class Experiment:
     "One run: a model, a strategy, a task stream and a seed."
     def __init__(self, cfg:Config, # the resolved configuration
-                 progress:bool=True, # show tqdm progress bars
+                 progress:bool|str='auto', # a progress bar: True, False, or 'auto' (only when stderr is a terminal)
                  log=print, # where the one-line summaries go
                 ):
         self.cfg, self.progress, self.log = cfg, progress, log
+        self.show_bar = show_progress(progress)
         self.device = default_device(cfg.device)
         self.run_dir = config_run_dir(cfg)
         self.data_root = resolve_data_root(cfg)
@@ -216,8 +304,26 @@ class Experiment:
         self.steps = self.strategy.steps(self.tasks)
         self.models: list[AnomalyModel] = []
         self.optimizer = self.scheduler = None
-        self.state = dict(next_step=0, rows={}, reasons={}, pooled={}, pooled_reasons={}, logs=[], train_seconds=[],
+        self.state = dict(next_step=0, rows={}, reasons={}, class_rows={}, class_reasons={}, pooled={}, pooled_reasons={}, logs=[], train_seconds=[],
                           infer_seconds=0.0, infer_images=0, thresholds={}, additional_bytes=[], strategy_info=[])
+        self.saved_steps = 0  # steps whose checkpoint is on disk
+        self._data_info, self._bar = None, None
+
+    @property
+    def data_info(self) -> dict:
+        "Name, path, fingerprint and counts of the run's data (`dataset_info`, computed once)."
+        if self._data_info is None: self._data_info = dataset_info(self.data_root)
+        return self._data_info
+
+    @property
+    def identity(self) -> dict:
+        "The run's identity: configuration key and data fingerprint."
+        return run_identity(self.cfg, self.data_info['fingerprint'])
+
+    def _refuse_other_run(self, stored:dict, finished:bool):
+        "Stop when the identity `stored` in the run folder is not this run's."
+        diff = identity_differences(stored, self.identity, _config_defaults(self.cfg))
+        if diff: raise RunFolderMismatch(self.run_dir, diff, finished)
 
     # --- models
     def _new_model(self, step:int) -> AnomalyModel:
@@ -242,30 +348,46 @@ class Experiment:
 
     def save_checkpoint(self):
         "Everything needed to resume after the last finished step, written atomically."
-        atomic_torch_save(dict(version=1, config=_config_key(self.cfg), state=self.state,
+        atomic_torch_save(dict(version=2, identity=self.identity, state=self.state,
                                models=[m.state_dict() for m in self.models],
                                optimizer=self.optimizer.state_dict() if self.optimizer is not None else None,
                                scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
                                strategy=self.strategy.state_dict(), rng=_rng_state()), self.checkpoint_path)
+        self.saved_steps = self.state['next_step']
 
     def load_checkpoint(self) -> bool:
         "Restore from `checkpoint.pt` if there is one; True when resumed."
-        if not self.checkpoint_path.exists(): return False
-        ck = torch.load(self.checkpoint_path, map_location='cpu', weights_only=False)
-        if ck.get('config') != _config_key(self.cfg):
-            diff = sorted(k for k in set(ck['config']) | set(_config_key(self.cfg)) if ck['config'].get(k) != _config_key(self.cfg).get(k))
-            raise CladError(f"{self.checkpoint_path}: this run folder holds a run with a different configuration "
-                            f"(fields {diff}); set overwrite=True to start again, or choose another output_dir")
-        self.state = ck['state']
-        self.models = []
-        for i, sd in enumerate(ck['models']):
-            m = self._new_model(i); m.load_state_dict(sd); self.models.append(m)
-        if self.models: self.optimizer, self.scheduler = self._new_optimizer(self.models[-1])
-        if self.optimizer is not None and ck['optimizer'] is not None: self.optimizer.load_state_dict(ck['optimizer'])
-        if self.scheduler is not None and ck['scheduler'] is not None: self.scheduler.load_state_dict(ck['scheduler'])
-        self.strategy.load_state_dict(ck['strategy'])
-        _set_rng_state(ck['rng'])
+        p = self.checkpoint_path
+        if not p.exists(): return False
+        remedy = "delete it to restart the run from its first step, or set overwrite=True to start afresh"
+        try: ck = torch.load(p, map_location='cpu', weights_only=False)
+        except Exception as e:
+            if _behind(e, KeyboardInterrupt) is not None: raise _behind(e, KeyboardInterrupt) from None
+            raise CladError(f"{p}: cannot read this checkpoint, it is damaged or truncated ({_reason(e)}); {remedy}") from None
+        if not isinstance(ck, dict) or not {'state', 'models', 'strategy', 'rng'} <= set(ck):
+            raise CladError(f"{p}: not a checkpoint of a CLAD run; {remedy}")
+        self._refuse_other_run(ck.get('identity') or dict(config=ck.get('config') or {}), finished=False)
+        try:
+            models = []
+            for i, sd in enumerate(ck['models']):
+                m = self._new_model(i); m.load_state_dict(sd); models.append(m)
+            self.models = models
+            if self.models: self.optimizer, self.scheduler = self._new_optimizer(self.models[-1])
+            if self.optimizer is not None and ck['optimizer'] is not None: self.optimizer.load_state_dict(ck['optimizer'])
+            if self.scheduler is not None and ck['scheduler'] is not None: self.scheduler.load_state_dict(ck['scheduler'])
+            self.strategy.load_state_dict(ck['strategy'])
+            _set_rng_state(ck['rng'])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            if isinstance(e, CladError): raise
+            raise CladError(f"{p}: cannot restore the run from this checkpoint ({_reason(e)}); {remedy}") from e
+        self.state = ck['state']; self.saved_steps = self.state['next_step']
         return True
+
+def _reason(e:BaseException) -> str:
+    "The first line of an exception, for a one-line message."
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+    return f'{type(e).__name__}: {first}' if first else type(e).__name__
+
 
 # %% ../nbs/30_experiment.ipynb #f7b0484c
 def _seen_tasks(self, step:Step) -> list[Task]:
@@ -275,10 +397,25 @@ def _seen_tasks(self, step:Step) -> list[Task]:
 def _eval_tasks(self, step:Step) -> list[Task]:
     return _seen_tasks(self, step) if self.cfg.test_only_seen_tasks else self.tasks
 
+def class_metrics(task:Task, # the task whose test images were scored
+                  test:Scored, # its scored test images (in `task.test` order)
+                  values:dict, reasons:dict, # the task's metrics from `evaluate_task` (reused for a one-class task)
+                  thresholds:tuple, # (image, pixel) thresholds fitted on the task's validation normals
+                 ) -> dict:
+    "class -> (values, reasons) on each class's own test images: the task's scores split by category, not scored again."
+    if len(task.categories) == 1: return {task.categories[0]: (values, reasons)}
+    cats = np.array([r.category for r in task.test]); out = {}
+    for c in task.categories:
+        i = np.flatnonzero(cats == c)
+        v, w = evaluate_task(test.scores[i], test.maps[i], test.labels[i], None if test.masks is None else test.masks[i], *thresholds)
+        if 'image_f1' in reasons and v.get('image_f1') is None: w.setdefault('image_f1', reasons['image_f1'])
+        out[c] = (v, w)
+    return out
+
 def evaluate_step(self, step:Step, keep_for_gallery:bool=False) -> dict:
-    "Evaluate every task after `step`: one row of every result matrix, and the pooled metrics."
-    q = self.cfg.threshold_quantile; row, why, scored = {}, {}, {}
-    for task in tqdm(_eval_tasks(self, step), desc=f'step {step.index} eval', leave=False, disable=not self.progress):
+    "Evaluate every task after `step`: one row of every result matrix (per task and per class), and the pooled metrics."
+    q = self.cfg.threshold_quantile; row, why, scored, per_class = {}, {}, {}, {}
+    for task in _eval_tasks(self, step):
         model = self.model_for(task.index, step)
         val = score_records(model, task.val, self.cfg, self.device) if task.val else None
         test = score_records(model, task.test, self.cfg, self.device, has_masks=task.has_masks)
@@ -287,11 +424,14 @@ def evaluate_step(self, step:Step, keep_for_gallery:bool=False) -> dict:
         values, reasons = evaluate_task(test.scores, test.maps, test.labels, test.masks, *thr)
         if val is None: reasons.setdefault('image_f1', 'no validation normals (val_fraction = 0)')
         row[task.index], why[task.index] = values, reasons
+        per_class.update(class_metrics(task, test, values, reasons, thr))
         self.state['thresholds'][f'{step.index}/{task.index}'] = dict(image=thr[0], pixel=thr[1])
         scored[task.index] = (test, val)
         if test.routes is not None and task in _seen_tasks(self, step):  # task-identification accuracy of routing models
             self.state.setdefault('routing', {}).setdefault(step.index, {})[task.index] = float(np.mean(test.routes == task.index))
     self.state['rows'][step.index], self.state['reasons'][step.index] = row, why
+    self.state.setdefault('class_rows', {})[step.index] = {c: v for c, (v, _) in per_class.items()}
+    self.state.setdefault('class_reasons', {})[step.index] = {c: w for c, (_, w) in per_class.items()}
     self.state['pooled'][step.index], self.state['pooled_reasons'][step.index] = self._pooled(step, scored)
     if keep_for_gallery: self._scored_last = scored
     return row
@@ -336,27 +476,83 @@ def _summary_line(self, step:Step, log:StepLog) -> str:
             f"pixel AUROC {avg('pixel_auroc')}, AU-PRO {avg('pixel_aupro')} | pooled image AUROC "
             f"{'n/a' if pooled is None else f'{pooled:.3f}'}")
 
+def _say(self, line:str):
+    "Log `line` without tearing the progress bar."
+    if self._bar is None: return self.log(line)
+    with self._bar.external_write_mode(): self.log(line)
+
+def _status(self, text:str):
+    if self._bar is not None: self._bar.set_postfix_str(text)
+
+def _read_json_file(path:Path, what:str) -> dict:
+    "A JSON object from `path`, or a `CladError` naming the file and the way out."
+    try: d = json.loads(path.read_text(encoding='utf-8')); why = 'not a JSON object'
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e: d, why = None, _reason(e)
+    if not isinstance(d, dict):
+        raise CladError(f"{path}: cannot read {what} ({why}); delete it, or set overwrite=True to start the run afresh")
+    return d
+
+def _read_results(path:Path) -> dict:
+    d = _read_json_file(path, 'the results')
+    try: return validate_results(d)
+    except CladError as e:
+        raise CladError(f"{path}: not a valid results file ({e}); delete it, or set overwrite=True to start the run afresh") from None
+
+def clear_run_folder(run_dir:str|Path):
+    "What `overwrite` removes from a run folder: results, checkpoint, identity, replay lists and figures of an earlier run."
+    run_dir = Path(run_dir)
+    for name in ('results.json', 'metrics.csv', 'checkpoint.pt', 'run.json'): (run_dir/name).unlink(missing_ok=True)
+    for pattern in ('replay/step*.json', 'figures/*.png'):
+        for p in run_dir.glob(pattern): p.unlink(missing_ok=True)
+
+def _check_run_folder(self) -> dict|None:
+    "Refuse a folder that holds another run; return the results of this run when it is already finished."
+    done, ident_file = self.run_dir/'results.json', self.run_dir/'run.json'
+    if not done.exists() and not self.checkpoint_path.exists(): return None  # nothing that would be reused: the folder is this run's
+    res = _read_results(done) if done.exists() else None
+    finished = res is not None and res.get('status') == 'complete'
+    if ident_file.exists(): self._refuse_other_run(_read_json_file(ident_file, 'the run identity'), finished)
+    if res is not None:
+        self._refuse_other_run(dict(config=res.get('config') or {}, data_fingerprint=(res.get('data') or {}).get('fingerprint')), finished)
+    if finished:
+        self.log(f"{self.run_dir}: already complete (set overwrite=True to redo)"); return res
+    return None
+
 def run(self) -> dict:
     "Run (or resume, or reuse) the experiment; returns the results record."
-    done = self.run_dir/'results.json'
-    if self.cfg.overwrite:
-        for p in (done, self.checkpoint_path): p.unlink(missing_ok=True)
-    elif done.exists():
-        res = load_results(self.run_dir)
-        if res.get('status') == 'complete':
-            self.log(f"{self.run_dir}: already complete (set overwrite=True to redo)"); return res
-    self.run_dir.mkdir(parents=True, exist_ok=True)
-    resumed = self.load_checkpoint()
-    if resumed: self.log(f"resuming {self.run_dir} after step {self.state['next_step']}/{len(self.steps)}")
+    with FolderLock(self.run_dir) as lock:
+        if lock.previous: self.log(f"{self.run_dir}: taking over the lock of {describe_holder(lock.previous)}, which is no longer running")
+        removed = remove_partial_writes(self.run_dir)
+        if removed: self.log(f"{self.run_dir}: removed {len(removed)} temporary file(s) of an interrupted write: "
+                             f"{', '.join(str(p.relative_to(self.run_dir)) for p in removed)}")
+        if self.cfg.overwrite: clear_run_folder(self.run_dir)
+        finished = self._check_run_folder()
+        if finished is not None: return finished
+        resumed = self.load_checkpoint()  # (which compares the checkpoint's own identity)
+        atomic_write_json(self.run_dir/'run.json', dict(self.identity, data_name=self.data_info['name'], data_path=self.data_info['path']))
+        if resumed: self.log(f"resuming {self.run_dir} after step {self.state['next_step']}/{len(self.steps)}")
+        if self.show_bar:
+            self._bar = _progress_bar(len(self.steps), self.state['next_step'],
+                                      f'{self.cfg.architecture}/{self.cfg.sample_strategy} seed {self.cfg.seed}')
+        try: return self._run_steps()
+        finally:
+            if self._bar is not None: self._bar.close(); self._bar = None
+
+def _run_steps(self) -> dict:
     self.tracker = make_tracker(self.cfg, self.run_dir); record = None
-    for step in tqdm(self.steps[self.state['next_step']:], desc='tasks', disable=not self.progress):
+    for step in self.steps[self.state['next_step']:]:
         seed_everything(derive_seed(self.cfg.seed, 'step', step.index) % 2**31)
         if not self.models or self.strategy.needs_fresh_model(step): self.models.append(self._new_model(step.index))
         model = self.models[-1]
         self.optimizer, self.scheduler = self._new_optimizer(model)
         train, replay, val = self.strategy.train_records(step), self.strategy.replay_records(), self.strategy.val_records(step)
+        self._status(f'{step.name}: training')
         model.begin_task(step.index, make_loader(train, self.cfg, self.device, 'begin', step.index))
-        log = train_step(model, self.optimizer, self.scheduler, train, replay, val, self.cfg, self.device, step.index, self.progress)
+        def on_epoch(epoch, log, name=step.name):
+            val_loss = f', val {log.val_loss[-1]:.4f}' if len(log.val_loss) == len(log.train_loss) else ''
+            self._status(f'{name}: epoch {epoch + 1}/{self.cfg.num_epochs}, loss {log.train_loss[-1]:.4f}{val_loss}')
+        log = train_step(model, self.optimizer, self.scheduler, train, replay, val, self.cfg, self.device, step.index,
+                         on_epoch if self._bar is not None else None)
         model.end_task(step.index, make_loader(train, self.cfg, self.device, 'end', step.index))
         if hasattr(model, 'calibrate') and val:  # e.g. EfficientAD's map-normalisation quantiles: validation normals, never test
             model.calibrate(make_loader(val, self.cfg, self.device, 'calibrate', step.index))
@@ -364,6 +560,7 @@ def run(self) -> dict:
         if self.strategy.replay_records():  # which files the replay memory holds after this step
             atomic_write_json(self.run_dir/'replay'/f'step{step.index}.json', self.strategy.state_dict())
         last = step.index == self.steps[-1].index
+        self._status(f'{step.name}: evaluating')
         self.evaluate_step(step, keep_for_gallery=last)
         self.state['logs'].append(vars(log)); self.state['train_seconds'].append(log.train_seconds)
         self.state['additional_bytes'].append(self.strategy.memory_bytes() + sum(m.memory_bytes() for m in self.models))
@@ -373,32 +570,32 @@ def run(self) -> dict:
         self.write(record, gallery=last)
         self.save_checkpoint()
         self.tracker.log_step(step.index, record)
-        self.log(self._summary_line(step, log))
+        if self._bar is not None: self._bar.set_postfix_str('', refresh=False); self._bar.update(1)
+        self._say(self._summary_line(step, log))
     if record is None:  # nothing left to train (resumed after the last step's checkpoint)
         record = self.results_record(complete=True); self.write(record)
     self.tracker.finish(record)
     return record
 
-Experiment._summary_line, Experiment.run = _summary_line, run
+Experiment._summary_line, Experiment._say, Experiment._status, Experiment.run, Experiment._run_steps = _summary_line, _say, _status, run, _run_steps
+Experiment._check_run_folder = _check_run_folder
+
 
 # %% ../nbs/30_experiment.ipynb #94647187
-def _joint_final(run_dir:Path) -> dict|None:
-    "metric -> final_avg of the joint (multi_task) run of the same model and seed, if there is one."
-    p = find_joint_run(run_dir)
-    if p is None: return None
-    try: return {m: s['final_avg'] for m, s in load_results(p.parent)['summary'].items()}
-    except CladError: return None
-
 def results_record(self, complete:bool) -> dict:
     "The results record of the run so far."
     rec = RunRecorder(self.cfg.to_dict(), [t.name for t in self.tasks], n_steps=len(self.steps),
                       seen_all=self.strategy.name == 'multi_task', environment=environment_info(self.device),
-                      data=dict(dataset_info(self.data_root), tasks=[dict(name=t.name, categories=t.categories, train=len(t.train),
+                      data=dict(self.data_info, tasks=[dict(name=t.name, categories=t.categories, train=len(t.train),
                                 val=len(t.val), test=len(t.test), test_defect=sum(r.label for r in t.test), has_masks=t.has_masks)
                                 for t in self.tasks]),
-                      weights=self.models[-1].weights_info() if self.models else {})
+                      weights=self.models[-1].weights_info() if self.models else {},
+                      classes={c: t.index for t in self.tasks for c in t.categories},
+                      class_test_images={c: sum(r.category == c for r in t.test) for t in self.tasks for c in t.categories})
     for t, row in self.state['rows'].items():
         for j, values in row.items(): rec.add_row(int(t), int(j), values, self.state['reasons'][t][j])
+    for t, row in self.state.get('class_rows', {}).items():
+        for c, values in row.items(): rec.add_class_row(int(t), c, values, self.state['class_reasons'][t][c])
     for t, values in self.state['pooled'].items(): rec.add_pooled(int(t), values, self.state['pooled_reasons'][t])
     n_inf = self.state['infer_images']
     rec.add_cost(dict(train_seconds=self.state['train_seconds'], train_seconds_total=float(sum(self.state['train_seconds'])),
@@ -407,7 +604,7 @@ def results_record(self, complete:bool) -> dict:
                       additional_memory_mb=self.state['additional_bytes'][-1] / 2**20 if self.state['additional_bytes'] else None,
                       additional_memory_mb_per_step=[b / 2**20 for b in self.state['additional_bytes']],
                       peak_memory_mb=peak_memory_mb(), peak_cuda_mb=peak_cuda_mb(self.device), device=str(self.device)))
-    out = rec.results(None if self.strategy.name == 'multi_task' else _joint_final(self.run_dir))
+    out = rec.results(*joint_finals(None if self.strategy.name == 'multi_task' else self.run_dir))
     out.update(status='complete' if complete else 'running', steps=[s.name for s in self.steps], training=self.state['logs'],
                strategy=self.state['strategy_info'], thresholds=self.state['thresholds'], run_dir=str(self.run_dir),
                routing_accuracy={str(t): {str(j): a for j, a in r.items()} for t, r in self.state.get('routing', {}).items()})
@@ -440,7 +637,9 @@ Experiment._write_gallery = _write_gallery
 
 # %% ../nbs/30_experiment.ipynb #cabc39ac
 def run_experiment(cfg:Config|None=None, # a resolved config; default: `load_config(**kwargs)`
-                   progress:bool=True, **kwargs) -> dict:
+                   progress:bool|str='auto', # a progress bar: True, False, or 'auto' (only when stderr is a terminal)
+                   **kwargs) -> dict:
     "Run one experiment and return its results record."
     cfg = cfg or load_config(**kwargs)
     return Experiment(cfg, progress=progress).run()
+

@@ -5,13 +5,17 @@
 # %% ../nbs/32_run.ipynb #c3ce7c19
 from __future__ import annotations
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 
 from .config import load_config, parse_overrides
 from .core import CladError
 
+
 # %% auto #0
-__all__ = ['parse_args', 'config_from_args', 'main']
+__all__ = ['parse_args', 'config_from_args', 'Interrupted', 'main']
 
 # %% ../nbs/32_run.ipynb #d32d753a
 def parse_args(argv:list[str]|None=None) -> argparse.Namespace:
@@ -23,7 +27,7 @@ def parse_args(argv:list[str]|None=None) -> argparse.Namespace:
     p.add_argument('--seed', type=int, default=None, help='the run seed (default: the config\'s, 0)')
     p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE', help='override a config field')
     p.add_argument('--overwrite', action='store_true', help='redo a finished run')
-    p.add_argument('--no-progress', action='store_true', help='no progress bars')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar (there is one only when stderr is a terminal)')
     return p.parse_args(argv)
 
 def config_from_args(args:argparse.Namespace):
@@ -36,17 +40,39 @@ def config_from_args(args:argparse.Namespace):
     return load_config(model, args.parameters_path, over)
 
 # %% ../nbs/32_run.ipynb #9e212f98
+class Interrupted(KeyboardInterrupt):
+    "SIGINT or SIGTERM, raised in the main thread wherever the run was."
+    def __init__(self, signum:int): super().__init__(signum); self.signum = signum
+
+@contextlib.contextmanager
+def _interrupt_on_signals():
+    "Within: SIGINT and SIGTERM raise `Interrupted` (SIGTERM would otherwise end the process without any cleanup)."
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    def handler(signum, frame): raise Interrupted(signum)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try: yield
+    finally:
+        for s, h in previous.items(): signal.signal(s, h)
+
 def main(argv:list[str]|None=None) -> int:
-    "Entry point of `clad-run` and `python -m clad.run`."
-    from clad.experiment import Experiment
-    args = parse_args(argv)
+    "Entry point of `clad-run` and `python -m clad.run`; returns the exit status."
+    exp = None
     try:
-        cfg = config_from_args(args)
-        exp = Experiment(cfg, progress=not args.no_progress)
-        record = exp.run()
+        with _interrupt_on_signals():
+            from clad.experiment import Experiment
+            args = parse_args(argv)
+            cfg = config_from_args(args)
+            exp = Experiment(cfg, progress=False if args.no_progress else 'auto')
+            exp.run()
     except CladError as e:
         print(f"clad-run: error: {e}", file=sys.stderr); return 2
+    except KeyboardInterrupt as e:
+        signum = getattr(e, 'signum', signal.SIGINT)
+        where = f"after step {exp.saved_steps}/{len(exp.steps)}" if exp is not None else "before the run started"
+        print(f"clad-run: interrupted ({signal.Signals(signum).name}) {where}; rerun the same command to resume", file=sys.stderr)
+        return 128 + signum
     print(f"results: {exp.run_dir/'results.json'}")
     return 0
 
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())  # a script, not a notebook
+

@@ -7,21 +7,26 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from submitit.slurm.slurm import SlurmInfoWatcher
+
 from .core import CladError, atomic_write_json
 from .config import load_config, project_root, run_dir as config_run_dir
 
 # %% auto #0
-__all__ = ['SWEEP_KEYS', 'SLURM_KEYS', 'EXECUTORS', 'STUB_TEMPLATE', 'notebook_parameters', 'Sweep', 'load_sweep', 'Point',
-           'sweep_points', 'point_run_dir', 'run_point', 'machine_workers', 'make_executor', 'read_state',
-           'write_state', 'plan', 'run_sweep', 'write_stub_template', 'main']
+__all__ = ['SWEEP_KEYS', 'SLURM_KEYS', 'EXECUTORS', 'SLURM_WATCHER', 'STUB_TEMPLATE', 'notebook_parameters', 'Sweep',
+           'load_sweep', 'Point', 'sweep_points', 'point_run_dir', 'run_point', 'machine_workers', 'slurm_queue',
+           'QueueWatcher', 'make_executor', 'read_state', 'write_state', 'param_changes', 'changed_points', 'plan',
+           'run_sweep', 'write_stub_template', 'main']
 
 # %% ../nbs/40_sweep.ipynb #58ab49b5
 SWEEP_KEYS = dict(name=str, grid=dict, fixed=dict, executor=str, max_workers=int, timeout_min=(int, float), slurm=dict,
@@ -161,16 +166,27 @@ def run_point(params:dict, # notebook parameters
     "Execute the experiment notebook for one point; returns dict(status, error, duration)."
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
+    where = dict(cuda_visible_devices=os.environ.get('CUDA_VISIBLE_DEVICES'), host=os.uname().nodename)
+    if _results_status(Path(run_dir)) == 'complete':  # never replace the notebook that made the results by a reusing one
+        return dict(status='done', error=None, duration=0.0, reused=True, **where)
     if threads: os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = str(threads)
     Path(notebook).parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time(); error = None
+    t0 = time.time(); error = None; terminated = []
+    before = signal.getsignal(signal.SIGTERM)  # submitit's own handler on Slurm: still called, the signal only noted
+    def on_term(sig, frame):
+        terminated.append(sig)
+        if callable(before): before(sig, frame)
+    try: signal.signal(signal.SIGTERM, on_term); noting = True
+    except ValueError: noting = False  # not the main thread
     try: pm.execute_notebook(template, notebook, parameters=params, cwd=cwd, progress_bar=False, log_output=False)
     except PapermillExecutionError as e: error = f"{e.ename}: {e.evalue}"
     except Exception as e: error = f"{type(e).__name__}: {e}"
+    finally:
+        if noting: signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
+    if error and terminated: error = f"the job was terminated (SIGTERM: scancel, preemption or time limit): {error}"
     st = _results_status(Path(run_dir))
     if error is None and st != 'complete': error = f"the notebook finished but {run_dir}/results.json has status {st!r}"
-    return dict(status='failed' if error else 'done', error=error, duration=time.time() - t0,
-                cuda_visible_devices=os.environ.get('CUDA_VISIBLE_DEVICES'), host=os.uname().nodename)
+    return dict(status='failed' if error else 'done', error=error, duration=time.time() - t0, **where)
 
 # %% ../nbs/40_sweep.ipynb #0081f20c
 def machine_workers() -> tuple[int, list[int]]:
@@ -180,6 +196,39 @@ def machine_workers() -> tuple[int, list[int]]:
         gpus = list(range(torch.cuda.device_count()))
     except Exception: gpus = []
     return (len(gpus) if gpus else max(1, (os.cpu_count() or 1) // 4)), gpus
+
+def slurm_queue() -> dict|None:
+    "This user's jobs in the Slurm queue, array tasks one by one: job id -> state; None when `squeue` fails."
+    try: out = subprocess.run(['squeue', '-h', '-r', '--me', '-o', '%i|%T'], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired): return None
+    if out.returncode: return None
+    return dict(line.split('|', 1) for line in out.stdout.split() if '|' in line)
+
+class QueueWatcher(SlurmInfoWatcher):
+    "submitit's Slurm job-state watcher, reading `squeue` when `sacct` fails (no accounting) — and printing nothing."
+    def __init__(self, delay_s:int=60): # at most this many seconds between two state checks
+        super().__init__(delay_s)
+        self.sacct_error = None # sacct's error once it failed; squeue is used from then on
+
+    def update(self) -> None:
+        command = self._make_command()
+        if command is None: return
+        self._num_calls += 1
+        if self.sacct_error is None:
+            try:
+                out = subprocess.run(command, capture_output=True, timeout=60)
+                if out.returncode == 0: self._info_dict.update(self.read_info(out.stdout))
+                else: self.sacct_error = out.stderr.decode(errors='replace').strip() or f'exit status {out.returncode}'
+            except (OSError, subprocess.TimeoutExpired) as e: self.sacct_error = str(e)
+        if self.sacct_error is not None and (queued := slurm_queue()) is not None:
+            for jid in self._registered - self._finished:
+                st = queued.get(jid)  # gone from the queue: ended; the result pickle (or its absence) says how
+                self._info_dict[jid] = dict(JobID=jid, State='ENDED' if st is None else 'PENDING' if st == 'PENDING' else 'RUNNING')
+        self._last_status_check = time.time()
+        for jid in self._registered - self._finished:
+            if self.is_done(jid, mode='cache'): self._finished.add(jid)
+
+SLURM_WATCHER = QueueWatcher()
 
 def make_executor(sw:Sweep, # the sweep
                   n_points:int=1, # points to submit (sizes the Slurm array)
@@ -192,13 +241,15 @@ def make_executor(sw:Sweep, # the sweep
         ex.update_parameters(timeout_min=sw.timeout_min)
         return ex
     s = sw.slurm
-    try: ex = submitit.AutoExecutor(folder=folder, cluster='slurm')
+    try: ex = submitit.SlurmExecutor(folder=folder)
     except RuntimeError as e: raise CladError(f"sweep.executor: 'slurm' needs a Slurm cluster ({e})") from e
-    ex.update_parameters(name=f'clad-{sw.name}', timeout_min=s.get('time_min', 60), gpus_per_node=s.get('gpus_per_node', 1),
-                         cpus_per_task=s.get('cpus_per_task', 8), tasks_per_node=1, nodes=1,
-                         slurm_array_parallelism=min(n_points, s.get('array_parallelism', 256)),
-                         **({'slurm_partition': s['partition']} if s.get('partition') else {}),
-                         **({'mem_gb': s['mem_gb']} if s.get('mem_gb') else {}))
+    gpus = s.get('gpus_per_node', 1)
+    mem = s.get('mem_gb')
+    ex.update_parameters(job_name=f'clad-{sw.name}', time=math.ceil(s.get('time_min', 60)), cpus_per_task=s.get('cpus_per_task', 8),
+                         ntasks_per_node=1, nodes=1, array_parallelism=min(n_points, s.get('array_parallelism', 256)),
+                         **({'gpus_per_node': gpus} if gpus else {}),  # a cluster without GPUs refuses even --gpus-per-node=0
+                         **({'partition': s['partition']} if s.get('partition') else {}),
+                         **({'mem': f'{int(mem)}GB' if mem == int(mem) else f'{math.ceil(mem * 1024)}MB'} if mem else {}))
     return ex
 
 # %% ../nbs/40_sweep.ipynb #58a9559f
@@ -219,24 +270,57 @@ def _alive(pid) -> bool:
     except (OSError, ValueError, TypeError): return False
 
 def _stop_orphan(entry:dict, executor:str):
-    "Stop a local job a killed sweep left running (so two processes never write one run folder)."
-    pid = entry.get('job_id')
-    if executor != 'local' or not _alive(pid): return
-    os.kill(int(pid), signal.SIGINT)  # what submitit's LocalJob.cancel sends; the controller forwards it to the task
+    "Stop a job a killed sweep left running (so two processes never write one run folder)."
+    jid = entry.get('job_id')
+    if executor == 'slurm':
+        if not jid or jid not in (slurm_queue() or {}): return
+        subprocess.run(['scancel', jid], capture_output=True)
+        t0 = time.time()
+        while jid in (slurm_queue() or {}) and time.time() - t0 < 300: time.sleep(1)
+        return
+    if not _alive(jid): return
+    os.kill(int(jid), signal.SIGINT)  # what submitit's LocalJob.cancel sends; the controller forwards it to the task
     t0 = time.time()
-    while _alive(pid) and time.time() - t0 < 30: time.sleep(0.2)
-    if _alive(pid): os.kill(int(pid), signal.SIGKILL)
+    while _alive(jid) and time.time() - t0 < 30: time.sleep(0.2)
+    if _alive(jid): os.kill(int(jid), signal.SIGKILL)
 
-def plan(sw:Sweep, state:dict, points:list[Point], retry_failed:bool=False) -> list[Point]:
-    "Update `state` for a (re)start and return the points to run."
+_NOT_COMPARED = ('output_dir', 'device', 'wandb_mode')  # the run folder itself; what the experiment resumes across
+_UNSET = object()
+
+def param_changes(old:dict, new:dict) -> list[str]:
+    "The parameters that differ between two runs of one point, as 'key old → new'."
+    show = lambda v: '(unset)' if v is _UNSET else json.dumps(v)
+    return [f"{k} {show(old.get(k, _UNSET))} → {show(new.get(k, _UNSET))}" for k in sorted(set(old) | set(new))
+            if k not in _NOT_COMPARED and old.get(k, _UNSET) != new.get(k, _UNSET)]
+
+def changed_points(state:dict, points:list[Point]) -> dict:
+    "Points whose run folder holds (part of) a run made with other parameters: name -> param_changes."
+    out = {}
+    for pt in points:
+        e = state['points'].get(pt.name, {})
+        if e.get('params') is None or e.get('run_dir') != str(pt.run_dir): continue
+        if not any((pt.run_dir/f).exists() for f in ('results.json', 'checkpoint.pt')): continue  # nothing would be reused
+        if diff := param_changes(e['params'], pt.params): out[pt.name] = diff
+    return out
+
+def plan(sw:Sweep, state:dict, points:list[Point], retry_failed:bool=False, overwrite:bool=False) -> list[Point]:
+    "Update `state` for a (re)start and return the points to run; refuses points whose parameters changed unless `overwrite`."
+    changed = changed_points(state, points)
+    if changed and not overwrite:
+        lines = '\n'.join(f"  {pt.name} ({pt.run_dir}): {', '.join(changed[pt.name])}" for pt in points if pt.name in changed)
+        raise CladError(f"sweep {sw.name}: {len(changed)} point(s) already ran in their run folder with other parameters than the "
+                        f"sweep now gives, and their old results would be reused:\n{lines}\nTo keep them, give the changed sweep a "
+                        "new 'name' and 'output_dir'; to discard them and run these points again, rerun with --overwrite.")
     todo = []
     for pt in points:
         e = state['points'].setdefault(pt.name, {})
         if e.get('status') == 'running': _stop_orphan(e, sw.executor)
-        prev = e.get('params')
-        if _results_status(pt.run_dir) == 'complete' and prev in (None, pt.params):
+        if pt.name in changed:  # overwrite: remove what the experiment's own `overwrite` removes
+            for f in ('results.json', 'checkpoint.pt'): (pt.run_dir/f).unlink(missing_ok=True)
+        same = e.get('params') is None or not param_changes(e['params'], pt.params)
+        if _results_status(pt.run_dir) == 'complete':
             if e.get('status') != 'done': e.update(status='done', error=None)
-        elif e.get('status') == 'failed' and prev == pt.params and not retry_failed: pass
+        elif e.get('status') == 'failed' and same and not retry_failed: pass
         else:
             e.update(status='pending', error=None); todo.append(pt)
         e.update(params=pt.params, notebook=str(pt.notebook), run_dir=str(pt.run_dir))
@@ -247,12 +331,13 @@ def run_sweep(sw:Sweep|str|Path, # a sweep, or its JSON file
               retry_failed:bool=False, # run failed points again
               poll_s:float=1.0, # seconds between job checks
               log=print, # progress messages (None: silent)
+              overwrite:bool=False, # discard the results of points whose parameters changed, and run them again
              ) -> dict:
     "Run every point of a sweep not yet done; returns the state (point name -> status, error, ...)."
     sw = sw if isinstance(sw, Sweep) else load_sweep(sw)
     log = log or (lambda *a, **k: None)
     points = sweep_points(sw); state = read_state(sw)
-    todo = plan(sw, state, points, retry_failed)
+    todo = plan(sw, state, points, retry_failed, overwrite)
     state.update(name=sw.name, executor=sw.executor); write_state(sw, state)
     n_done = sum(state['points'][p.name]['status'] == 'done' for p in points)
     log(f"sweep {sw.name}: {len(points)} points, {n_done} done, {len(todo)} to run ({sw.executor})")
@@ -260,17 +345,20 @@ def run_sweep(sw:Sweep|str|Path, # a sweep, or its JSON file
     ex = make_executor(sw, len(todo))
     workers, gpus = machine_workers()
     workers = sw.max_workers or workers
-    threads = max(1, (os.cpu_count() or 1) // workers) if not gpus else 0
+    if sw.executor == 'slurm': threads = sw.slurm.get('cpus_per_task', 8)  # the job's own CPUs, not this machine's
+    else: threads = max(1, (os.cpu_count() or 1) // workers) if not gpus else 0
     free_gpus = list(gpus)
     running, queue = {}, list(todo)
     args = lambda pt: (pt.params, str(sw.template), str(pt.notebook), str(pt.run_dir), str(sw.root), threads)
 
     def started(pt, job):
+        if sw.executor == 'slurm': job.watcher = SLURM_WATCHER; SLURM_WATCHER.register_job(job.job_id)
         running[job] = (pt, getattr(job, '_clad_gpu', None))
         state['points'][pt.name].update(status='running', job_id=str(job.job_id), started=time.time())
 
     def submit_next():
-        if sw.executor == 'slurm':  # one array job for everything
+        if sw.executor == 'slurm':  # one array job for everything, once
+            if not queue: return
             with ex.batch(): jobs = [(pt, ex.submit(run_point, *args(pt))) for pt in queue]
             for pt, job in jobs: started(pt, job)
             queue.clear(); return
@@ -289,7 +377,8 @@ def run_sweep(sw:Sweep|str|Path, # a sweep, or its JSON file
             r = dict(status='failed', error=f"job {job.job_id} failed: {str(err)[-2000:]}", duration=time.time() - e.get('started', time.time()))
         e.update(r); e.pop('started', None)
         if gpu is not None: free_gpus.append(gpu)
-        log(f"  {pt.name}: {r['status']}" + (f" ({r['duration']:.0f} s)" if r.get('duration') else '') + (f" — {r['error']}" if r.get('error') else ''))
+        log(f"  {pt.name}: {r['status']}" + (' (reused)' if r.get('reused') else f" ({r['duration']:.0f} s)" if r.get('duration') else '') +
+            (f" — {r['error']}" if r.get('error') else ''))
 
     old = signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
@@ -311,9 +400,9 @@ def run_sweep(sw:Sweep|str|Path, # a sweep, or its JSON file
 # %% ../nbs/40_sweep.ipynb #07af55d1
 STUB_TEMPLATE = '''{"cells": [
  {"cell_type": "code", "id": "params", "metadata": {"tags": ["parameters"]}, "execution_count": null, "outputs": [], "source":
-  "model: str = \\"stfpm\\"  # the model\\nstrategy: str = \\"\\"  # the strategy\\nseed: int = 0  # the seed\\noutput_dir: str = \\"\\"  # run folders"},
+  "model: str = \\"stfpm\\"  # the model\\nstrategy: str = \\"\\"  # the strategy\\nseed: int = 0  # the seed\\nnum_epochs: int = 1  # recorded only\\noutput_dir: str = \\"\\"  # run folders"},
  {"cell_type": "code", "id": "body", "metadata": {}, "execution_count": null, "outputs": [], "source":
-  "import json, pathlib\\nif seed < 0: raise ValueError(f'seed: expected >= 0, got {seed}')\\nd = pathlib.Path(output_dir)/model/(strategy or 'replay')/f'seed{seed}'\\nd.mkdir(parents=True, exist_ok=True)\\n(d/'results.json').write_text(json.dumps(dict(status='complete', seed=seed)))"}],
+  "import json, pathlib\\nif seed < 0: raise ValueError(f'seed: expected >= 0, got {seed}')\\nd = pathlib.Path(output_dir)/model/(strategy or 'replay')/f'seed{seed}'\\nd.mkdir(parents=True, exist_ok=True)\\n(d/'results.json').write_text(json.dumps(dict(status='complete', seed=seed, num_epochs=num_epochs)))"}],
  "metadata": {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}}, "nbformat": 4, "nbformat_minor": 5}'''
 
 def write_stub_template(path:str|Path) -> Path:
@@ -326,22 +415,24 @@ def main(argv:list[str]|None=None) -> int:
     p = argparse.ArgumentParser(prog='clad-sweep', description='Run a grid of experiments (papermill + submitit).')
     p.add_argument('sweep', help='sweep JSON (e.g. configurations/sweep_tiny.json)')
     p.add_argument('--retry-failed', action='store_true', help='run failed points again')
+    p.add_argument('--overwrite', action='store_true', help='discard the results of points whose parameters changed and run them again')
     p.add_argument('--dry-run', action='store_true', help='list the points and their state; run nothing')
     p.add_argument('--poll', type=float, default=2.0, help='seconds between job checks')
     a = p.parse_args(argv)
     try:
         sw = load_sweep(Path(a.sweep).resolve() if Path(a.sweep).exists() else a.sweep)
+        points = sweep_points(sw)
         if a.dry_run:
-            state = read_state(sw)
-            for pt in sweep_points(sw):
+            state = read_state(sw); changed = changed_points(state, points)
+            for pt in points:
                 e = state['points'].get(pt.name, {})
-                done = _results_status(pt.run_dir) == 'complete'
-                print(f"{pt.name:50s} {'done' if done else e.get('status', 'pending'):8s} {pt.run_dir}")
+                st = 'changed' if pt.name in changed else 'done' if _results_status(pt.run_dir) == 'complete' else e.get('status', 'pending')
+                print(f"{pt.name:50s} {st:8s} {pt.run_dir}" + (f"  ({', '.join(changed[pt.name])})" if pt.name in changed else ''))
             return 0
-        state = run_sweep(sw, retry_failed=a.retry_failed, poll_s=a.poll)
+        state = run_sweep(sw, retry_failed=a.retry_failed, poll_s=a.poll, overwrite=a.overwrite)
     except CladError as e:
         print(f"clad-sweep: error: {e}", file=sys.stderr); return 2
     except KeyboardInterrupt: return 130
-    return 1 if any(v.get('status') == 'failed' for v in state['points'].values()) else 0
+    return 1 if any(state['points'][pt.name].get('status') == 'failed' for pt in points) else 0
 
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())  # a script, not a notebook

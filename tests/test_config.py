@@ -73,3 +73,46 @@ def test_overrides_are_json_typed():
     assert o == {'num_tasks': 2, 'pretrained': False, 'tasks': ['a'], 'device': 'cpu'}
     with pytest.raises(CladError, match="field 'num_tasks' must be int"):
         load_config('stfpm', overrides={'num_tasks': '2x'})
+
+
+def test_each_model_runs_its_declared_default_strategy():
+    from clad.models.base import MODEL_REGISTRY
+    from clad.config import model_class
+    expected = dict(stfpm='replay', patchcore='cl', padim='cl', cfa='replay', draem='replay', fastflow='replay', efficientad='replay')
+    for m in MODELS:
+        cls = model_class(m)
+        assert MODEL_REGISTRY[m] is cls and cls.default_strategy == expected[m]
+        cfg = load_config(m)
+        assert cfg.sample_strategy == expected[m]
+        assert cfg.sources['sample_strategy'] == f'model default ({cls.__module__}.{cls.__qualname__}.default_strategy)'
+        assert cfg.sample_strategy in cls.supported_strategies()
+    assert 'sample_strategy' not in json.loads((project_root() / 'configurations' / 'common_param.json').read_text())
+
+
+def test_a_layer_that_names_a_strategy_wins_over_the_model_default(tmp_path):
+    assert load_config('patchcore', overrides={'sample_strategy': 'naive'}).sample_strategy == 'naive'
+    run = write(tmp_path, {'architecture': 'padim', 'sample_strategy': 'cumulative'})
+    cfg = load_config(run_json=run)
+    assert cfg.sample_strategy == 'cumulative' and cfg.sources['sample_strategy'] == str(run)
+    paper = load_config(run_json='test_stfpm_ideal_replay.json')
+    assert paper.sample_strategy == 'replay' and paper.sources['sample_strategy'].endswith('test_stfpm_ideal_replay.json')
+
+
+@pytest.mark.parametrize('text,expected', [
+    ('mono,poly', ['mono', 'poly']),
+    (' mono , poly ', ['mono', 'poly']),
+    ('bottle+cable,screw', [['bottle', 'cable'], 'screw']),
+    ('0,2', [0, 2]),
+    ('["mono", "poly"]', ['mono', 'poly']),  # JSON still works
+])
+def test_list_fields_accept_comma_separated_text(text, expected):
+    cfg = load_config('stfpm', overrides=parse_overrides([f'task_order={text}']))
+    assert cfg.task_order == expected and cfg.sources['task_order'] == 'overrides'
+
+
+def test_clad_run_set_list_and_layers():
+    from clad.run import config_from_args, parse_args
+    cfg = config_from_args(parse_args(['--model', 'stfpm', '--set', 'task_order=mono,poly', '--set', 'layers=layer2,layer3']))
+    assert cfg.task_order == ['mono', 'poly'] and cfg.layers == ['layer2', 'layer3']
+    with pytest.raises(CladError, match="field 'task_order' must be list, got int"):
+        load_config('stfpm', overrides=parse_overrides(['task_order=3']))

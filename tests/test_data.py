@@ -202,3 +202,132 @@ def test_aux_readers(tmp_path):
 def test_constants():
     assert MVTEC_CLASSES == sorted(MVTEC_CLASSES) and len(MVTEC_CLASSES) == 15
     assert CLAD_ORDER[0] == 'hazelnut' and CLAD_ORDER[-1] == 'screw'
+
+
+# --- VisA ---------------------------------------------------------------------------------------------------------
+
+from clad.data import VISA_CLASSES, VISA_SPLIT, dataset_layout, read_mask, read_visa_split, write_tiny_visa
+
+
+@pytest.fixture
+def visa(tmp_path):
+    return write_tiny_visa(tmp_path/'visa', categories=('candle', 'pcb1', 'pipe_fryum'), n_train=10, n_test_good=3,
+                           n_test_defect=2, mask_value=2)
+
+
+def _split_rows(root):
+    lines = (root/VISA_SPLIT).read_text().splitlines()
+    return lines[0], lines[1:]
+
+
+def _write_rows(root, header, rows):
+    (root/VISA_SPLIT).write_text('\n'.join([header] + rows) + '\n')
+
+
+def test_visa_layout_read_from_official_split(visa):
+    assert dataset_layout(visa) == 'visa' and list_categories(visa) == ['candle', 'pcb1', 'pipe_fryum']
+    s = scan_category(visa, 'pcb1')
+    header, rows = _split_rows(visa)
+    listed = {(r.split(',')[1], r.split(',')[3]) for r in rows if r.startswith('pcb1,')}
+    assert {('train', str(r.path.relative_to(visa))) for r in s['train']} | {('test', str(r.path.relative_to(visa))) for r in s['test']} == listed
+    assert [r.path for r in s['test']] == sorted(r.path for r in s['test'])  # sorted, whatever the row order
+    assert all(r.label == 0 and r.defect == 'good' and r.mask_path is None for r in s['train'])
+    defects = [r for r in s['test'] if r.label]
+    assert len(defects) == 2 and all(r.defect == 'anomaly' and r.mask_path.suffix == '.png' for r in defects)
+
+
+def test_visa_masks_binarised_whatever_their_values(visa):
+    t = make_task_stream(visa, ['pcb1'])[0]
+    assert t.has_masks
+    ds = AnomalyDataset(t.test, ImageTransform(32, normalize=False))
+    areas = [float(ds[i]['mask'].sum()) for i in range(len(ds))]
+    assert sorted(areas) == [0.0, 0.0, 0.0, 64.0, 64.0]  # an 8x8 defect of value 2 is an 8x8 mask, not an empty one
+    raw = AnomalyDataset(t.test, raw=True)
+    assert sorted(float(raw[i]['mask'].sum()) for i in range(len(raw))) == [0.0, 0.0, 0.0, 64.0, 64.0]
+    p = t.test[[r.label for r in t.test].index(1)].mask_path
+    for value in (1, 3, 255):
+        Image.fromarray(np.where(np.asarray(Image.open(p)) > 0, value, 0).astype(np.uint8)).save(p)
+        assert int((np.asarray(read_mask(p)) == 255).sum()) == 64
+
+
+def test_visa_val_split_from_training_normals(visa):
+    for t in make_task_stream(visa, seed=3):
+        s = scan_category(visa, t.name)
+        assert sorted(t.train + t.val, key=lambda r: r.path) == s['train'] and len(t.val) == 1
+        assert t.test == s['test']  # the official test split, untouched
+
+
+def test_visa_missing_split_file(visa):
+    (visa/VISA_SPLIT).unlink()
+    for f in (list_categories, make_task_stream, dataset_info):
+        with pytest.raises(CladError, match=r'split_csv/1cls\.csv.*is missing'): f(visa)
+    import shutil; shutil.rmtree(visa/'split_csv')  # the class folders alone are still recognised as VisA
+    assert dataset_layout(visa) == 'visa'
+    with pytest.raises(CladError, match=r'1cls\.csv'): make_task_stream(visa)
+
+
+def test_visa_class_absent_from_split(visa):
+    header, rows = _split_rows(visa)
+    _write_rows(visa, header, [r for r in rows if not r.startswith('pcb1,')])
+    assert (visa/'pcb1').is_dir() and list_categories(visa) == ['candle', 'pipe_fryum']
+    with pytest.raises(CladError, match=r"'pcb1' is not in the VisA split file .*1cls\.csv"): scan_category(visa, 'pcb1')
+    with pytest.raises(CladError, match=r"'pcb1' in the VisA split file .*1cls\.csv"): make_task_stream(visa, ['pcb1'])
+
+
+def test_visa_listed_image_or_mask_missing_names_file_and_row(visa):
+    header, rows = _split_rows(visa)
+    n = next(i for i, r in enumerate(rows) if r.startswith('pcb1,train')) + 2  # file row number (header is row 1)
+    (visa/rows[n - 2].split(',')[3]).unlink()
+    with pytest.raises(CladError, match=rf"row {n}: image file .*pcb1/Data/Images/Normal/0000\.JPG.*does not exist"):
+        make_task_stream(visa, ['pcb1'])
+    assert len(scan_category(visa, 'candle')['train']) == 10  # only the classes asked for are checked
+    m = next(i for i, r in enumerate(rows) if r.startswith('candle,test,anomaly')) + 2
+    (visa/rows[m - 2].split(',')[4]).unlink()
+    with pytest.raises(CladError, match=rf"row {m}: mask file .*Masks/Anomaly/000\.png"): scan_category(visa, 'candle')
+
+
+@pytest.mark.parametrize('edit,match', [
+    (lambda h, rows: (h, [rows[0].replace(',train,', ',val,')] + rows[1:]), r"row 2: split 'val'"),
+    (lambda h, rows: (h, [rows[0].replace(',normal,', ',good,')] + rows[1:]), r"row 2: label 'good'"),
+    (lambda h, rows: (h, [rows[0].replace(',normal,', ',anomaly,')] + rows[1:]), r'row 2: training images must be normal'),
+    (lambda h, rows: (h, rows + [rows[0].replace(',train,', ',test,')]), r'already listed in row 2'),
+    (lambda h, rows: (h.replace(',mask', ''), rows), r"column\(s\) \['mask'\] missing"),
+    (lambda h, rows: (h, []), r'lists no images'),
+    (lambda h, rows: (h, [r for r in rows if not r.startswith('candle,test')]), r"no test rows for class 'candle'"),
+])
+def test_visa_bad_split_rows(visa, edit, match):
+    _write_rows(visa, *edit(*_split_rows(visa)))
+    with pytest.raises(CladError, match=match): read_visa_split(visa)
+
+
+def test_visa_empty_mask_column_gives_image_labels_only(visa):
+    header, rows = _split_rows(visa)
+    _write_rows(visa, header, [r.rsplit(',', 1)[0] + ',' if r.startswith('candle,test,anomaly') else r for r in rows])
+    t = make_task_stream(visa, ['candle', 'pcb1'])
+    assert [x.has_masks for x in t] == [False, True]
+
+
+def test_visa_mvtec_layout_conversion_recognised(tmp_path):
+    # VisA converted to the MVTec layout: <class>/train/good, test/{good,bad}, ground_truth/bad/<name>.png
+    root = write_tiny_mvtec(tmp_path/'visa_mvtec', categories=VISA_CLASSES, n_train=2, n_test_good=1, n_test_defect=1,
+                            size=16, defects=('bad',))
+    for m in root.glob('*/ground_truth/bad/*_mask.png'):
+        Image.fromarray((np.asarray(Image.open(m)) > 0).astype(np.uint8)).save(m.with_name(m.name.replace('_mask', '')))
+        m.unlink()
+    info = dataset_info(root)
+    assert (info['kind'], info['layout'], info['categories']) == ('visa', 'mvtec', VISA_CLASSES)
+    t = make_task_stream(root, ['pcb4'])[0]
+    assert t.has_masks and [r.mask_path.name for r in t.test if r.label] == ['000.png']
+    i = [r.label for r in t.test].index(1)
+    assert AnomalyDataset(t.test, ImageTransform(16))[i]['mask'].sum() == 16  # value-1 mask, 4x4 defect
+
+
+def test_visa_dataset_info(tmp_path):
+    root = write_tiny_visa(tmp_path/'VisA_20220922', VISA_CLASSES, n_train=2, n_test_good=1, n_test_defect=1, size=8)
+    info = dataset_info(root)
+    assert (info['name'], info['kind'], info['layout']) == ('VisA_20220922', 'visa', 'visa')
+    assert info['categories'] == VISA_CLASSES and info['n_images']['pcb3'] == dict(train=2, test_good=1, test_defect=1, masks=1)
+    header, rows = _split_rows(root)
+    _write_rows(root, header, rows[1:] + rows[:1])  # same rows, another order: same records, but another file
+    assert dataset_info(root)['n_images'] == info['n_images'] and dataset_info(root)['fingerprint'] != info['fingerprint']
+    assert dataset_info(write_tiny_visa(tmp_path/'part', ('candle',), size=8))['kind'] == 'visa_layout'

@@ -1,5 +1,6 @@
 """The documentation site in a real browser: build it (index + every model notebook), serve it on localhost, open
-the pages in headless Chromium and check API docs, figures, links; save a screenshot.
+the pages in headless Chromium (which resolves no host but localhost) and check API docs, figures, equations typeset
+by the site's own MathJax, links; save a screenshot.
 
 Slow (it executes the model notebooks): a few minutes on 2 cores. Chromium is Debian's `chromium`, installed here
 with apt when missing; the tests are skipped (with the reason) only when that install fails."""
@@ -57,9 +58,14 @@ CHECK_HTML = '''<!doctype html><html><body><pre id="result">pending</pre>
 <iframe id="f" style="width:1200px;height:900px"></iframe><script>
 const page = new URLSearchParams(location.search).get('page');
 const f = document.getElementById('f');
-f.onload = () => { const d = f.contentDocument; const imgs = [...d.querySelectorAll('img')];
-  Promise.all(imgs.map(i => i.complete ? null : new Promise(r => { i.onload = i.onerror = r; }))).then(() => {
+f.onload = () => { const d = f.contentDocument, w = f.contentWindow; const imgs = [...d.querySelectorAll('img')];
+  const typeset = w.MathJax && w.MathJax.startup && w.MathJax.startup.promise;  // resolves once the page is typeset
+  Promise.all([...imgs.map(i => i.complete ? null : new Promise(r => { i.onload = i.onerror = r; })), typeset]).then(() => {
+    const prose = d.body.cloneNode(true);  // the text a reader sees, code and scripts left out
+    prose.querySelectorAll('pre, code, script, style, mjx-assistive-mml').forEach(e => e.remove());
     document.getElementById('result').textContent = JSON.stringify({
+      mathjax: !!(w.MathJax && w.MathJax.startup), mjx: d.querySelectorAll('mjx-container').length, mjx_errors: d.querySelectorAll('mjx-merror').length,
+      text: prose.textContent, scripts: [...d.querySelectorAll('script[src]')].map(e => e.src),
       title: d.title,
       anchors: [...d.querySelectorAll('[id]')].map(e => [e.id, e.textContent.trim().slice(0, 80)]),
       pres: [...d.querySelectorAll('pre')].map(e => e.textContent.slice(0, 400)),
@@ -92,6 +98,7 @@ def _chrome(chromium, *args, timeout=120):
     with tempfile.TemporaryDirectory() as profile:
         cmd = [chromium, '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
                '--disable-background-networking', '--disable-component-update', '--disable-sync',
+               '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',  # offline: only the local server resolves
                f'--user-data-dir={profile}', *args]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
@@ -125,6 +132,18 @@ def test_model_page(chromium, server, site, stem, page, cls):
     # at least one figure drawn by the notebook, decoded by the browser
     figs = [i for i in found['imgs'] if i['output'] and i['w'] > 0] 
     assert figs or found['svgs'], f'{page}: no figure in the cell outputs (notebook {rep["status"]}); images: {found["imgs"]}'
+
+
+@pytest.mark.parametrize('page', ['index.html', *sorted({p for _, p, _ in _model_pages()})])
+def test_equations_typeset_offline(chromium, server, site, page):
+    "MathJax comes from the site itself (the browser resolves no other host) and typesets every equation."
+    found = _inspect(chromium, server, page)
+    outside = [s for s in found['scripts'] if not s.startswith(server + '/')]
+    assert not outside, f'{page}: scripts from outside the site: {outside}'
+    assert found['mathjax'], f'{page}: MathJax did not load (scripts: {found["scripts"]})'
+    assert found['mjx'] > 0 and found['mjx_errors'] == 0, f'{page}: {found["mjx"]} typeset equations, {found["mjx_errors"]} TeX errors'
+    raw = [m.group(0) for m in re.finditer(r'.{0,30}(\\\(|\\\[|\$\$).{0,30}', found['text'])]
+    assert not raw, f'{page}: raw TeX left in the text: {raw[:5]}'
 
 
 def test_base_page_api_docs(chromium, server, site):

@@ -121,6 +121,23 @@ def test_dtd_missing_raises_with_procedural_hint(tmp_path):
         build_model(load_config('draem', overrides=dict(anomaly_source='dtd', anomaly_source_path=str(tmp_path / 'nodtd'))))
 
 
+def test_embedded_defaults_use_procedural_and_say_so(capsys):
+    cfg = load_config('draem', overrides=dict(base_width=4, disc_width=2))
+    assert cfg.anomaly_source == 'procedural' and cfg.sources['anomaly_source'].endswith('models/draem.json')
+    m = build_model(cfg)
+    assert m.weights_info()['anomaly_source'] == 'procedural'
+    assert 'DRAEM anomaly source: procedural' in capsys.readouterr().out
+
+
+def test_paper_config_keeps_dtd_and_fails_clearly_without_it(tmp_path):
+    cfg = load_config(run_json='test_draem_ideal_replay.json',
+                      overrides=dict(anomaly_source_path=str(tmp_path / 'nodtd'), base_width=4, disc_width=2))
+    assert cfg.anomaly_source == 'dtd' and cfg.sources['anomaly_source'].endswith('test_draem_ideal_replay.json')
+    with pytest.raises(CladError, match='no texture images found') as e:
+        build_model(cfg)
+    assert str(tmp_path / 'nodtd') in str(e.value) and 'Describable Textures' in str(e.value)
+
+
 def test_dtd_source(dtd_dir, batch):
     m = tiny(anomaly_source='dtd', anomaly_source_path=str(dtd_dir))
     info = m.weights_info()['anomaly_source']

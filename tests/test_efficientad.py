@@ -142,3 +142,79 @@ def test_end_to_end(tiny, tmp_path, strategy):
     text = json.dumps(res)
     assert 'not found' in text and 'penalty' in text  # the penalty's status is in the result file
     assert 'validation normals' in text  # the map quantiles were calibrated on validation normals
+
+
+# --- the teacher made on first use (no teacher_weights): cache, lock, provenance, independent images
+import threading
+import clad.models.efficientad as effad
+from clad.config import load_config
+from clad.models.efficientad import (DISTILL_PHOTOS, PhotoCrops, distill_photo_names, ensure_teacher, teacher_cache_key,
+                                     teacher_spec)
+
+TINY_SPEC = dict(out_channels=8, image_size=32, steps=3, batch_size=2, backbone='resnet18', pretrained=False, photos=['camera'])
+
+
+@pytest.mark.parametrize('field,value', [('model_size', 'medium'), ('out_channels', 64), ('image_size', 32), ('steps', 251),
+                                         ('batch_size', 4), ('seed', 1), ('backbone', 'resnet18'), ('photos', ['camera']),
+                                         ('pretrained', False)])
+def test_cache_key_changes_with_each_defining_field(field, value):
+    assert teacher_cache_key(teacher_spec(**{field: value})) != teacher_cache_key(teacher_spec())
+    assert teacher_cache_key(teacher_spec()) == teacher_cache_key(teacher_spec())
+
+
+def test_cache_key_changes_with_code_version(monkeypatch):
+    before = teacher_cache_key(teacher_spec())
+    monkeypatch.setattr(effad, 'TEACHER_CACHE_VERSION', effad.TEACHER_CACHE_VERSION + 1)
+    assert teacher_cache_key(teacher_spec()) != before
+
+
+def test_distillation_images_exclude_the_stream():
+    from clad.synthetic import TEXTURES
+    stream_photos = {t['photo'] for t in TEXTURES.values()}
+    assert stream_photos == {'brick', 'grass', 'gravel'}
+    assert not stream_photos & set(distill_photo_names()) and len(distill_photo_names()) == len(DISTILL_PHOTOS) == 14
+    assert distill_photo_names(DISTILL_PHOTOS + ('brick',)) == distill_photo_names()  # added back, still excluded
+    assert teacher_spec()['source'] == dict(kind='skimage-photo-crops', skimage=teacher_spec()['source']['skimage'],
+                                            photos=list(distill_photo_names()))
+
+
+def test_ensure_teacher_reuses_cache(tmp_path, monkeypatch):
+    p1, made1 = ensure_teacher(tmp_path, 'cpu', log=None, **TINY_SPEC)
+    assert made1 and p1.is_file() and p1.parent == tmp_path and teacher_cache_key(teacher_spec(**TINY_SPEC)) in p1.name
+    monkeypatch.setattr(effad, 'distill_teacher', lambda *a, **k: pytest.fail('distilled a second time'))
+    p2, made2 = ensure_teacher(tmp_path, 'cpu', log=None, **TINY_SPEC)
+    assert (p2, made2) == (p1, False)
+    assert [f.name for f in tmp_path.iterdir() if f.suffix == '.pth'] == [p1.name]
+
+
+def test_ensure_teacher_locks_against_a_second_process(tmp_path, monkeypatch):
+    calls = []
+    def slow_distill(ds, out, *a, **k):
+        calls.append(out); import time; time.sleep(0.5)
+        Path(out).write_bytes(b'teacher')
+    monkeypatch.setattr(effad, 'distill_teacher', slow_distill)
+    monkeypatch.setattr(effad, 'PhotoCrops', lambda *a, **k: None)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(ensure_teacher(tmp_path, 'cpu', log=None, **TINY_SPEC))) for _ in range(2)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    assert len(calls) == 1 and sorted(made for _, made in results) == [False, True]
+
+
+def test_model_distils_its_teacher_on_first_use_and_records_provenance(tmp_path, capsys):
+    import hashlib
+    cfg = load_config('efficientad', overrides=dict(teacher_cache_dir=str(tmp_path), teacher_steps=2, teacher_image_size=32,
+                                                    out_channels=16, device='cpu', imagenet_train_path=str(tmp_path / 'none')))
+    assert cfg.model_params.teacher_weights == ''
+    m = build_model(cfg)
+    out = capsys.readouterr().out
+    assert 'distilled once from tf_efficientnet_lite0' in out and 'EfficientAD teacher: file:' in out and 'distilled now' in out
+    t = m.weights_info()['teacher']
+    path = Path(t['path'])
+    assert path.parent == tmp_path and m.weights_info()['source'] == f'file:{path}'
+    assert (t['steps'], t['n_images'], t['backbone'], t['image_size']) == (2, 14, 'tf_efficientnet_lite0', 32)
+    assert t['images'].startswith('scikit-image') and 'camera' in t['images'] and 'brick' not in t['images']
+    assert t['file_sha256'] == hashlib.sha256(path.read_bytes()).hexdigest() and t['loss_last'] > 0
+    assert t['cache_key'] in path.name
+    build_model(cfg)
+    assert 'reused from the cache' in capsys.readouterr().out

@@ -158,3 +158,91 @@ def test_gallery(tmp_path):
     maps = [rng.random((16, 16)) for _ in range(2)]
     p = save_gallery(tmp_path, 'metal nut/1', imgs, None, maps, 0.5)
     assert p == tmp_path / 'figures' / 'gallery_metal_nut_1.png' and p.stat().st_size > 1000
+
+
+# ---- per-class results ----
+def test_class_results_written_and_validated(tmp_path):
+    rec = RunRecorder({'architecture': 'toy', 'seed': 0}, ['a+b', 'c'], data=dict(name='toy', path='', fingerprint='f'),
+                      classes={'a': 0, 'b': 0, 'c': 1}, class_test_images={'a': 4, 'b': 6, 'c': 2})
+    C = [[0.9, 0.7, 0.5], [0.6, 0.5, 0.8]]
+    for t, row in enumerate(C):
+        for j in range(2): rec.add_row(t, j, dict.fromkeys(METRICS, 0.5))
+        for c, v in zip('abc', row): rec.add_class_row(t, c, dict.fromkeys(METRICS, v))
+    run_dir = tmp_path / 'toy' / 'naive' / 'seed0'; rec.write(run_dir, figures=False)
+    d = load_results(run_dir)
+    assert d['class_matrices']['pixel_aupro'] == C and d['matrices']['pixel_aupro'] == [[0.5, 0.5], [0.5, 0.5]]
+    s = d['class_summary']['image_auroc']  # a, b trained at step 0 (not at steps 0 and 1, as task columns would be)
+    assert s['avg_seen'] == [pytest.approx(0.8), pytest.approx(1.9 / 3)] and s['forgetting'] == pytest.approx((0.3 + 0.2) / 2)
+    assert s['bwt'] == pytest.approx(((0.6 - 0.9) + (0.5 - 0.7)) / 2)
+    rows = list(csv.DictReader((run_dir / 'metrics_per_class.csv').open()))
+    assert list(rows[0]) == ['step', 'class', 'metric', 'value'] and len(rows) == 2 * 3 * len(METRICS)
+    assert [r['value'] for r in rows if r['metric'] == 'pixel_ap' and r['step'] == '1'] == ['0.6', '0.5', '0.8']
+    bad = json.loads(json.dumps(d)); bad['class_tasks'] = [0, 0, 2]; bad['class_matrices']['image_ap'][0][1] = 1.5
+    del bad['class_summary']['pixel_ap']['forgetting']
+    with pytest.raises(CladError) as e: validate_results(bad)
+    msg = str(e.value)
+    assert 'class_tasks: expected 3 task indices below 2' in msg and 'class_matrices.image_ap[0]' in msg
+    assert "class_summary.pixel_ap: missing 'forgetting'" in msg
+    partial = json.loads(json.dumps(d)); del partial['classes']
+    with pytest.raises(CladError, match="missing key 'classes'"): validate_results(partial)
+
+
+def test_class_gap_to_joint_from_the_joint_run(tmp_path):
+    kw = dict(data=dict(name='toy', path='', fingerprint='f'), classes={'a': 0, 'b': 0, 'c': 1})
+    joint = RunRecorder({}, ['a+b', 'c'], seen_all=True, **kw)
+    for c, v in zip('abc', (1.0, 0.5, 0.75)): joint.add_class_row(0, c, dict.fromkeys(METRICS, v))
+    for j in range(2): joint.add_row(0, j, dict.fromkeys(METRICS, 0.5))
+    joint.write(tmp_path / 'toy' / 'multi_task' / 'seed0', figures=False)
+    seq = RunRecorder({}, ['a+b', 'c'], **kw)
+    for t in range(2):
+        for j in range(2): seq.add_row(t, j, dict.fromkeys(METRICS, 0.25))
+        for c in 'abc': seq.add_class_row(t, c, dict.fromkeys(METRICS, 0.375))
+    seq.write(tmp_path / 'toy' / 'naive' / 'seed0', figures=False)
+    d = load_results(tmp_path / 'toy' / 'naive' / 'seed0')
+    assert d['class_summary']['image_auroc']['gap_to_joint'] == (0.75 - 0.375) / 0.75  # the joint run's mean over classes
+    assert d['summary']['image_auroc']['gap_to_joint'] == (0.5 - 0.25) / 0.5  # over tasks, unchanged
+
+
+@pytest.fixture(scope='module')
+def merged_run(tmp_path_factory):
+    "A tiny MVTec tree of 3 classes, bottle and cable merged into one task, then carpet: STFPM, 1 epoch per task."
+    from clad.config import load_config
+    from clad.data import write_tiny_mvtec
+    from clad.experiment import Experiment
+    tmp = tmp_path_factory.mktemp('merged')
+    write_tiny_mvtec(tmp / 'data', categories=['bottle', 'cable', 'carpet'], n_train=6, n_test_good=3, n_test_defect=3, size=32)
+    cfg = load_config('stfpm', overrides=dict(data_path=str(tmp / 'data'), output_dir=str(tmp / 'out'), img_size=32,
+                      backbone='resnet18', pretrained=False, num_epochs=1, batch_size=4, sample_strategy='naive', device='cpu',
+                      task_order=[['bottle', 'cable'], 'carpet'], num_tasks=2, gallery_size=1))
+    exp = Experiment(cfg, progress=False, log=lambda s: None)
+    return exp, exp.run()
+
+
+def test_merged_task_per_class_and_per_task(merged_run):
+    from clad.experiment import score_records
+    from clad.metrics import evaluate_task
+    exp, rec = merged_run
+    assert rec['tasks'] == ['bottle+cable', 'carpet'] and rec['classes'] == ['bottle', 'cable', 'carpet']
+    assert (rec['class_tasks'], rec['class_test_images']) == ([0, 0, 1], [6, 6, 6])
+    # the one-class task: its class column is its task column, exactly
+    for m in METRICS: assert [r[2] for r in rec['class_matrices'][m]] == [r[1] for r in rec['matrices'][m]], m
+    # the merged task, rescored by hand with the last model and the task's thresholds: the task value is the metric over
+    # the union of its classes' test images, each class value the metric over that class's images alone
+    task, model = exp.tasks[0], exp.models[-1]
+    thr = rec['thresholds']['1/0']
+    def metric(records):
+        s = score_records(model, records, exp.cfg, exp.device)
+        return evaluate_task(s.scores, s.maps, s.labels, s.masks, thr['image'], thr['pixel'])[0]
+    union = metric(task.test)
+    for m in ('image_auroc', 'pixel_auroc', 'pixel_ap', 'pixel_aupro', 'image_f1'):
+        assert rec['matrices'][m][1][0] == pytest.approx(union[m], abs=1e-6), m
+    for i, c in enumerate(('bottle', 'cable')):
+        alone = metric([r for r in task.test if r.category == c])
+        for m in ('image_auroc', 'pixel_auroc', 'pixel_ap', 'pixel_aupro', 'image_f1'):
+            assert rec['class_matrices'][m][1][i] == pytest.approx(alone[m], abs=1e-6), (c, m)
+    per_class = [rec['class_matrices']['pixel_ap'][1][i] for i in (0, 1)]
+    assert per_class[0] != per_class[1] and rec['matrices']['pixel_ap'][1][0] not in per_class, per_class
+    # after step 0, carpet is not yet trained: seen classes are bottle and cable
+    s = rec['class_summary']['pixel_ap']
+    assert s['avg_seen'][0] == pytest.approx(np.mean(rec['class_matrices']['pixel_ap'][0][:2]))
+    assert s['forgetting'] == pytest.approx(np.mean([rec['class_matrices']['pixel_ap'][0][i] - per_class[i] for i in (0, 1)]))

@@ -83,8 +83,16 @@ def test_changed_config_refuses_to_resume(tiny_data, tmp_path):
     exp.run()
     (exp.run_dir / 'results.json').unlink()  # pretend it crashed after the last checkpoint
     other = Experiment(cfg_for(tiny_data, tmp_path, sample_strategy='naive', num_tasks=2, lr=0.01), progress=False)
-    with pytest.raises(CladError, match='different configuration'):
+    with pytest.raises(CladError, match=r'holds an unfinished run with a different configuration or data: lr: \S+ → 0\.01\.'):
         other.run()
+    (exp.run_dir / 'run.json').unlink()  # an older run folder: the checkpoint's own record of the run is compared too
+    with pytest.raises(CladError, match=r'unfinished run .*: lr: \S+ → 0\.01\.'):
+        other.run()
+    assert not (exp.run_dir / 'run.json').exists()  # a refused run leaves the folder's record as it was
+    # with neither results nor a checkpoint nothing would be reused: the folder is taken (as after a sweep's overwrite)
+    exp.checkpoint_path.unlink()
+    assert other.run()['status'] == 'complete'
+    assert json.loads((exp.run_dir / 'run.json').read_text())['config']['lr'] == 0.01
 
 
 @pytest.mark.parametrize('strategy,rows', [('naive', 3), ('multi_task', 1), ('single_model', 3), ('cumulative', 3)])

@@ -1,4 +1,5 @@
-"""A real sweep end to end through submitit's local executor: kill, resume without redoing finished points, a failing point."""
+"""Sweeps end to end through submitit's local executor: kill, resume without redoing finished points, a failing point;
+a sweep file changed after points finished; Slurm polling without accounting."""
 import json
 import os
 import re
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from clad.data import write_tiny_mvtec
-from clad.sweep import load_sweep, read_state, sweep_points
+from clad.sweep import QueueWatcher, load_sweep, read_state, sweep_points, write_stub_template
 
 
 def test_sweep_interrupted_and_resumed(tmp_path):
@@ -67,3 +68,52 @@ def test_sweep_interrupted_and_resumed(tmp_path):
 def _is_our_job(proc_dir, folder):
     try: return str(folder) in (proc_dir / 'cmdline').read_text()
     except OSError: return False
+
+
+def test_changed_parameters_refused_then_overwritten(tmp_path):
+    "Changing `fixed` after points finished: refused with the change named, nothing rerun or rewritten; --overwrite redoes them."
+    tpl = write_stub_template(tmp_path / 'stub.ipynb')
+    spec = dict(name='stub', grid=dict(model=['stfpm'], strategy=['naive'], seed=[0, 1]), fixed=dict(num_epochs=1),
+                notebook=str(tpl), max_workers=2, output_dir=str(tmp_path / 'out'))
+    sweep_json = tmp_path / 'sweep.json'
+    sweep_json.write_text(json.dumps(spec))
+    cmd = [sys.executable, '-m', 'clad.sweep', str(sweep_json), '--poll', '0.2']
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0 and '2 done, 0 failed' in first.stdout, first.stdout + first.stderr
+    sw = load_sweep(sweep_json)
+    pts = sweep_points(sw)
+    stamp = {p.name: ((p.run_dir / 'results.json').stat().st_mtime_ns, p.notebook.stat().st_mtime_ns) for p in pts}
+    state_before = sw.folder.joinpath('state.json').read_text()
+
+    sweep_json.write_text(json.dumps(dict(spec, fixed=dict(num_epochs=2))))
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    for p in pts: assert f"  {p.name} ({p.run_dir}): num_epochs 1 → 2\n" in refused.stderr, refused.stderr
+    assert '--overwrite' in refused.stderr and "new 'name' and 'output_dir'" in refused.stderr
+    assert {p.name: ((p.run_dir / 'results.json').stat().st_mtime_ns, p.notebook.stat().st_mtime_ns) for p in pts} == stamp
+    assert sw.folder.joinpath('state.json').read_text() == state_before
+    dry = subprocess.run(cmd + ['--dry-run'], capture_output=True, text=True, timeout=300)
+    assert dry.stdout.count(' changed ') == 2 and '(num_epochs 1 → 2)' in dry.stdout, dry.stdout
+
+    again = subprocess.run(cmd + ['--overwrite'], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and '0 done, 2 to run' in again.stdout and '2 done, 0 failed' in again.stdout, again.stdout + again.stderr
+    for p in pts:
+        assert json.loads((p.run_dir / 'results.json').read_text())['num_epochs'] == 2  # the new parameters' results
+        assert read_state(sw)['points'][p.name]['params']['num_epochs'] == 2
+        assert "num_epochs = 2" in p.notebook.read_text()  # papermill's injected parameters: a fresh notebook
+    assert '2 done, 0 to run' in subprocess.run(cmd, capture_output=True, text=True, timeout=300).stdout
+
+
+def test_slurm_watcher_without_accounting_prints_nothing(tmp_path, monkeypatch, capfd):
+    "sacct failing (accounting disabled) at every poll: the watcher falls back to squeue, quietly."
+    (tmp_path / 'sacct').write_text('#!/bin/sh\necho "sacct: error: Slurm accounting storage is disabled" >&2\necho called >> "$0.calls"\nexit 1\n')
+    (tmp_path / 'squeue').write_text('#!/bin/sh\necho "7_1|CONFIGURING"\n')
+    for f in ('sacct', 'squeue'): (tmp_path / f).chmod(0o755)
+    monkeypatch.setenv('PATH', f"{tmp_path}:{os.environ['PATH']}")
+    w = QueueWatcher()
+    for j in ('7_0', '7_1'): w.register_job(j)
+    for _ in range(3): w.update()
+    assert [w.get_state(j, mode='cache') for j in ('7_0', '7_1')] == ['ENDED', 'RUNNING']  # CONFIGURING is not an end
+    assert (tmp_path / 'sacct.calls').read_text().count('called') == 1  # given up after its first failure
+    out, err = capfd.readouterr()
+    assert out == '' and err == '', (out, err)

@@ -48,7 +48,14 @@ class AnomalyModel(nn.Module):
     "Base class of all anomaly models: the interface the experiment loop calls."
     kind:str = 'trained' # 'trained' (optimiser steps) or 'memory' (one `fit` per task)
     supports_cl_update:bool = False # True when the model merges its memory/statistics across tasks itself
+    default_strategy:str = 'replay' # the continual strategy of a run whose configuration names none
     name:str = '' # the registry name, set by `register_model`
+
+    @classmethod
+    def supported_strategies(cls) -> tuple[str, ...]:
+        "The continual strategies that can drive this model: `replay` needs optimiser steps, `cl` the model's own memory update."
+        return tuple(s for s in ('naive', 'replay', 'multi_task', 'single_model', 'cumulative', 'cl')
+                     if (s != 'replay' or cls.kind == 'trained') and (s != 'cl' or cls.supports_cl_update))
 
     def __init__(self, amp:bool=False, # autocast forward passes when on CUDA
                 ):
@@ -147,6 +154,8 @@ def register_model(name:str, # the `cfg.architecture` value that selects the mod
         # re-running a notebook cell or reloading a module redefines the same class: allow that, refuse a clash
         if old is not None and old.__qualname__ != cls.__qualname__:
             raise CladError(f"register_model: {name!r} is already taken by {old.__module__}.{old.__qualname__}")
+        if cls.default_strategy not in cls.supported_strategies():
+            raise CladError(f"register_model({name!r}): default_strategy {cls.default_strategy!r} is not one it supports: {cls.supported_strategies()}")
         cls.name = name; MODEL_REGISTRY[name] = cls
         return cls
     return _reg

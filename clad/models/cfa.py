@@ -143,6 +143,7 @@ _BANK_BUFFERS = ('task_means', 'task_ids', 'bank')
 class CFAModel(AnomalyModel):
     "CFA: frozen backbone, trainable CoordConv descriptor, a memory bank of centroids and a soft-boundary loss."
     kind = 'trained'
+    default_strategy = 'replay' # image replay, as in the paper's runs
 
     def __init__(self, backbone:str='wide_resnet50_2', # timm name of the frozen feature extractor
                  layers:Sequence[str]=('layer1', 'layer2', 'layer3'), # tapped levels, finest first

@@ -335,6 +335,7 @@ class DraemLoss(nn.Module):
 class DRAEMModel(AnomalyModel):
     "DRAEM: reconstructive autoencoder + discriminative U-Net trained on synthetic Perlin/texture anomalies."
     kind = 'trained'
+    default_strategy = 'replay' # image replay, as in the paper's runs
 
     def __init__(self, base_width:int=32, # reconstructive network width (paper: 128)
                  disc_width:int=16, # discriminative network width (paper: 64)
@@ -379,9 +380,11 @@ class DRAEMModel(AnomalyModel):
                     from clad.config import resolve_path
                     path = resolve_path(cfg, path)
                 except CladError: path = path.resolve()  # outside a project: relative to the current folder
-        return cls(base_width=bw, disc_width=dw, lr=cfg.lr, num_epochs=cfg.num_epochs, beta_min=bmin, beta_max=bmax,
-                   anomaly_source=cfg.anomaly_source, anomaly_source_path=path,
-                   p_anomaly=getattr(mp, 'p_anomaly', 0.5), amp=cfg.amp, seed=cfg.seed)
+        model = cls(base_width=bw, disc_width=dw, lr=cfg.lr, num_epochs=cfg.num_epochs, beta_min=bmin, beta_max=bmax,
+                    anomaly_source=cfg.anomaly_source, anomaly_source_path=path,
+                    p_anomaly=getattr(mp, 'p_anomaly', 0.5), amp=cfg.amp, seed=cfg.seed)
+        print(f"DRAEM anomaly source: {model.textures.description}", flush=True)  # the run log says which textures it trains on
+        return model
 
     # --- networks
     def forward(self, images:torch.Tensor, # [B,3,H,W] images in [0, 1]

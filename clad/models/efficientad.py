@@ -5,8 +5,12 @@
 # %% ../../nbs/15_models.efficientad.ipynb #bb1d3726
 from __future__ import annotations
 import argparse
+import contextlib
+import hashlib
 import itertools
+import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -18,15 +22,18 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from ..backbones import FeatureExtractor, map_by_order, state_sha256
+from tqdm.auto import tqdm
+
+from ..backbones import LITE0_PACKAGE, FeatureExtractor, map_by_order, state_sha256
 from ..core import CladError, atomic_torch_save, default_device, derive_seed, torch_generator
 from ..data import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, list_penalty_images, read_image
 from .base import AnomalyModel, autocast_context, grad_scaler, register_model
 
 # %% auto #0
-__all__ = ['PDN_SIZES', 'TEACHER_FORMAT', 'PDN', 'Encoder', 'Decoder', 'AutoEncoder', 'list_image_files', 'DistillImages',
-           'DistillTarget', 'distill_teacher', 'distill_command', 'load_teacher', 'distill_main', 'hard_feature_loss',
-           'color_augment', 'PenaltyImages', 'penalty_setup', 'EfficientADModel']
+__all__ = ['PDN_SIZES', 'TEACHER_FORMAT', 'DISTILL_PHOTOS', 'TEACHER_CACHE_VERSION', 'PDN', 'Encoder', 'Decoder', 'AutoEncoder',
+           'list_image_files', 'DistillImages', 'DistillTarget', 'distill_teacher', 'distill_command', 'load_teacher',
+           'distill_main', 'distill_photo_names', 'PhotoCrops', 'teacher_spec', 'teacher_cache_key', 'ensure_teacher',
+           'hard_feature_loss', 'color_augment', 'PenaltyImages', 'penalty_setup', 'EfficientADModel']
 
 # %% ../../nbs/15_models.efficientad.ipynb #9a641925
 PDN_SIZES = ('small', 'medium')
@@ -205,7 +212,7 @@ class DistillTarget(nn.Module):
 # %% ../../nbs/15_models.efficientad.ipynb #b249b55e
 TEACHER_FORMAT = 'clad-pdn-teacher'
 
-def distill_teacher(images:str|Path, # folder of training images (searched recursively)
+def distill_teacher(images:str|Path|Dataset, # folder of training images (searched recursively), or a dataset of normalised images
                     out:str|Path, # where the teacher file goes
                     size:str='small', # PDN size: 'small' or 'medium'
                     steps:int=60000, # optimiser steps (nelson1425: 60 000)
@@ -226,17 +233,21 @@ def distill_teacher(images:str|Path, # folder of training images (searched recur
                     num_workers:int=0, # data-loader workers
                     log=print, # progress lines go here (None: silent)
                     log_every:int=500, # steps between progress lines
+                    progress:bool|None=None, # a tqdm bar; None: only when stderr is a terminal (never in a result notebook)
+                    extra_meta:dict|None=None, # more provenance to store in the file's metadata
                    ) -> dict:
     "Distil a PDN teacher from a pretrained backbone on an image folder; save it to `out`; return its metadata."
     if size not in PDN_SIZES: raise CladError(f"--size: expected 'small' or 'medium', got {size!r}")
     if steps < 1: raise CladError(f"--steps: expected a positive number of steps, got {steps}")
     dev = default_device(device)
-    files = list_image_files(images)
+    if isinstance(images, Dataset): ds, source, n_sources = images, getattr(images, 'description', type(images).__name__), getattr(images, 'n_sources', len(images))
+    else:
+        files = list_image_files(images)
+        ds, source, n_sources = DistillImages(files, image_size), str(Path(images).expanduser().resolve()), len(files)
     torch.manual_seed(derive_seed(seed, 'efficientad_distill'))
     target = DistillTarget(backbone, layers, out_channels, pretrained, weights_path, backbone_scale, seed).to(dev)
     pdn = PDN(out_channels, size, padding=True).to(dev, memory_format=torch.channels_last)
     out_size = pdn(torch.zeros(1, 3, image_size, image_size, device=dev)).shape[-2:]
-    ds = DistillImages(files, image_size)
     g = torch_generator(seed, 'efficientad_distill_order')
     stat_loader = DataLoader(ds, batch_size=batch_size, sampler=RandomSampler(ds, num_samples=min(len(ds), stat_images), generator=g),
                              num_workers=num_workers)
@@ -248,6 +259,7 @@ def distill_teacher(images:str|Path, # folder of training images (searched recur
     scaler = grad_scaler(dev, amp)
     losses = []
     pdn.train()
+    bar = tqdm(total=steps, desc='distilling the PDN teacher', disable=not sys.stderr.isatty() if progress is None else not progress)
     for step, b in enumerate(loader):
         b = b.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
         t = target(b, out_size)
@@ -255,18 +267,20 @@ def distill_teacher(images:str|Path, # folder of training images (searched recur
         loss = (p.float() - t).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward(); scaler.step(opt); scaler.update()
-        losses.append(float(loss.detach()))
+        losses.append(float(loss.detach())); bar.update(); bar.set_postfix(loss=f'{losses[-1]:.4f}', refresh=False)
         if log and ((step + 1) % log_every == 0 or step + 1 == steps):
             log(f"distill step {step + 1}/{steps}: loss {np.mean(losses[-log_every:]):.4f} ({time.perf_counter() - t0:.0f}s)")
+    bar.close()
     k = max(1, min(len(losses) // 5, 100))  # first / last fifth of the steps (at most 100)
     meta = dict(model_size=size, out_channels=out_channels, backbone=backbone, backbone_weights=target.extractor.weights_info,
                 layers=list(layers), image_size=image_size, backbone_scale=backbone_scale,
                 projection=f'fixed gaussian 1x1, seed {seed}', steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                images=str(Path(images).expanduser().resolve()), n_images=len(files), stat_images=min(len(ds), stat_images),
+                images=source, n_images=n_sources, stat_images=min(len(ds), stat_images),
                 loss_first=float(np.mean(losses[:k])), loss_last=float(np.mean(losses[-k:])), seed=seed,
                 input='imagenet-normalized', seconds=time.perf_counter() - t0, created=time.strftime('%Y-%m-%dT%H:%M:%S'))
     sd = {k_: v.detach().cpu() for k_, v in pdn.state_dict().items()}
     meta['sha256'] = state_sha256(sd)
+    meta.update(extra_meta or {})
     atomic_torch_save(dict(format=TEACHER_FORMAT, version=1, state_dict=sd, meta=meta), out)
     meta['losses'] = losses
     return meta
@@ -336,6 +350,107 @@ def distill_main(argv:list[str]|None=None, # command-line arguments (default: sy
           f"for {a.steps} steps; loss {meta['loss_first']:.4f} -> {meta['loss_last']:.4f}")
     return 0
 
+# %% ../../nbs/15_models.efficientad.ipynb #95a2d0b0
+DISTILL_PHOTOS = ('astronaut', 'camera', 'chelsea', 'coffee', 'coins', 'clock', 'hubble_deep_field', 'immunohistochemistry',
+                  'moon', 'page', 'retina', 'rocket', 'text', 'cell') # scikit-image's bundled photographs (no download)
+
+def distill_photo_names(names:Sequence[str]=DISTILL_PHOTOS, # candidate `skimage.data` photographs
+                       ) -> tuple[str, ...]:
+    "The photographs a teacher may be distilled on: `names` without those the embedded dataset's textures are made of."
+    from clad.synthetic import TEXTURES
+    taken = {t['photo'] for t in TEXTURES.values()}
+    return tuple(n for n in names if n not in taken)
+
+class PhotoCrops(Dataset):
+    "Random square crops of scikit-image's photographs (random side, position, flips, grayscale p 0.1), ImageNet-normalised."
+    def __init__(self, names:Sequence[str]|None=None, # `skimage.data` photo names (default: `distill_photo_names()`)
+                 image_size:int=64, # side of each crop after resizing
+                 length:int=100_000, # nominal length: every item is a fresh crop drawn with the global torch RNG
+                 scale:tuple[float, float]=(0.1, 0.6), # crop side as a share of the photo's shorter side
+                 grayscale_p:float=0.1, # probability of a grayscale crop
+                ):
+        import skimage, skimage.data
+        self.names = tuple(distill_photo_names() if names is None else names)
+        if not self.names: raise CladError("PhotoCrops: no photographs to crop from")
+        self.photos = []
+        for n in self.names:
+            a = np.asarray(getattr(skimage.data, n)())
+            a = np.repeat(a[..., None], 3, -1) if a.ndim == 2 else a[..., :3]
+            self.photos.append(Image.fromarray(np.ascontiguousarray(a.astype(np.uint8))))
+        self.image_size, self.length, self.scale, self.grayscale_p = int(image_size), int(length), tuple(scale), float(grayscale_p)
+        self.n_sources = len(self.photos)
+        self.description = f"scikit-image {skimage.__version__} photographs ({', '.join(self.names)}), random crops"
+
+    def __len__(self) -> int: return self.length
+
+    def __getitem__(self, i:int) -> torch.Tensor:
+        im = self.photos[int(torch.randint(len(self.photos), ()))]
+        lo, hi = self.scale
+        side = max(8, int(min(im.size) * (lo + (hi - lo) * float(torch.rand(())))))
+        x0, y0 = int(torch.randint(im.size[0] - side + 1, ())), int(torch.randint(im.size[1] - side + 1, ()))
+        crop = im.crop((x0, y0, x0 + side, y0 + side)).resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
+        if torch.rand(()) < 0.5: crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if torch.rand(()) < 0.5: crop = crop.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        if torch.rand(()) < self.grayscale_p: crop = crop.convert('L').convert('RGB')
+        return _normalize(_pil_to_tensor(crop)[None])[0]
+
+# %% ../../nbs/15_models.efficientad.ipynb #0943501d
+TEACHER_CACHE_VERSION = 1 # bump when the code changes what a distilled teacher is (the cache key includes it)
+
+def teacher_spec(model_size:str='small', # PDN size
+                 out_channels:int=384, # teacher channels
+                 image_size:int=64, # side of the distillation crops
+                 steps:int=250, # optimiser steps
+                 batch_size:int=8, # crops per step
+                 seed:int=0, # seeds the PDN, the projection and the crops
+                 backbone:str='tf_efficientnet_lite0', # distilled from (lite0: the packaged ImageNet weights, offline)
+                 photos:Sequence[str]|None=None, # source photographs (default: `distill_photo_names()`)
+                 pretrained:bool=True, # ImageNet backbone (False: random backbone, tests only)
+                ) -> dict:
+    "Everything that defines a cached teacher: the fields its cache key is the hash of."
+    import skimage
+    return dict(code_version=TEACHER_CACHE_VERSION, model_size=model_size, out_channels=int(out_channels), image_size=int(image_size),
+                steps=int(steps), batch_size=int(batch_size), lr=1e-4, weight_decay=1e-5, backbone_scale=2.0, stat_images=256,
+                backbone=backbone, layers=['layer2', 'layer3'], pretrained=bool(pretrained),
+                backbone_weights=(LITE0_PACKAGE if backbone == 'tf_efficientnet_lite0' else 'timm') if pretrained else 'random-init',
+                source=dict(kind='skimage-photo-crops', skimage=skimage.__version__,
+                            photos=list(distill_photo_names() if photos is None else photos)), seed=int(seed))
+
+def teacher_cache_key(spec:dict) -> str:
+    "16 hex digits of the SHA-256 of the spec's canonical JSON."
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+@contextlib.contextmanager
+def _file_lock(path:Path):
+    "An exclusive inter-process lock on `path` (POSIX `flock`; a no-op where unavailable)."
+    try: import fcntl
+    except ImportError: yield; return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'a') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+def ensure_teacher(cache_dir:str|Path, # where cached teachers live (runs: <project>/data/efficientad_teachers)
+                   device:str='auto', # where a distillation runs
+                   log=print, # one line when a teacher is distilled (None: silent)
+                   progress:bool|None=None, # tqdm bar; None: only on a terminal
+                   **spec_fields, # `teacher_spec` arguments
+                  ) -> tuple[Path, bool]:
+    "`(path, distilled_now)`: the cached teacher of `teacher_spec(**spec_fields)`, distilled (under a lock) if missing."
+    spec = teacher_spec(**spec_fields); key = teacher_cache_key(spec)
+    path = Path(cache_dir).expanduser()/f"teacher_{spec['model_size']}_{spec['out_channels']}_{key}.pth"
+    if path.is_file(): return path, False
+    with _file_lock(path.parent/f'.{path.name}.lock'):
+        if path.is_file(): return path, False  # another process distilled it while we waited
+        if log: log(f"EfficientAD: teacher_weights is empty, so a {spec['model_size']} PDN teacher is distilled once from "
+                    f"{spec['backbone']} on scikit-image photographs ({spec['steps']} steps) into {path}; later runs reuse it")
+        distill_teacher(PhotoCrops(spec['source']['photos'], spec['image_size']), path, spec['model_size'], spec['steps'],
+                        spec['backbone'], spec['layers'], spec['out_channels'], spec['image_size'], spec['batch_size'],
+                        spec['lr'], spec['weight_decay'], spec['backbone_scale'], spec['stat_images'], spec['seed'], device,
+                        spec['pretrained'], log=None, progress=progress, extra_meta=dict(cache_key=key, spec=spec))
+    return path, True
+
 # %% ../../nbs/15_models.efficientad.ipynb #db9456fd
 def hard_feature_loss(distance:torch.Tensor, # squared teacher-student differences, any shape
                       q:float=0.999, # quantile: only the top (1 − q) share counts
@@ -395,6 +510,7 @@ def penalty_setup(path:str|Path|None, # `imagenet_train_path`
 class EfficientADModel(AnomalyModel):
     "EfficientAD: frozen distilled PDN teacher, student PDN (2× channels) and autoencoder."
     kind = 'trained'
+    default_strategy = 'replay' # image replay, as in the paper's runs
 
     def __init__(self, model_size:str='small', # 'small' or 'medium' PDN
                  out_channels:int=384, # teacher channels (the student has twice as many)
@@ -437,10 +553,12 @@ class EfficientADModel(AnomalyModel):
         if path:
             sd, meta = load_teacher(path, self.model_size, self.out_channels)
             self.teacher.load_state_dict(sd)
+            meta = dict(meta, path=str(Path(path).expanduser()), file_sha256=hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest())
             return f'file:{Path(path).expanduser()}', meta
         if pretrained:
             p = 'weights/teacher_small.pth' if self.model_size == 'small' else 'weights/teacher_medium.pth'
-            raise CladError(f"model_params.teacher_weights is empty: EfficientAD needs a distilled PDN teacher. Make one with "
+            raise CladError(f"model_params.teacher_weights is empty: EfficientAD needs a distilled PDN teacher. Build the model "
+                            f"with build_model(cfg), which distils and caches one on first use, or make one with "
                             f"`{distill_command(p, self.model_size)}` and set model_params.teacher_weights={p} "
                             f"(pretrained=false gives a random teacher — for tests only, it is not EfficientAD)")
         return 'random-init', {}
@@ -458,10 +576,20 @@ class EfficientADModel(AnomalyModel):
                 from clad.config import resolve_path
                 return resolve_path(cfg, v)
             except CladError: return Path(v).expanduser()
-        return cls(model_size=size, out_channels=ch, teacher_weights=_path(tw), pretrained=cfg.pretrained, lr=cfg.lr,
-                   weight_decay=wd, imagenet_train_path=_path(getattr(cfg, 'imagenet_train_path', '')),
-                   input_normalized=getattr(cfg, 'normalize', True), num_epochs=getattr(cfg, 'num_epochs', 0),
-                   amp=getattr(cfg, 'amp', False), seed=getattr(cfg, 'seed', 0))
+        tw, made = _path(tw), None
+        if not tw and cfg.pretrained:  # no teacher file named: the cached one made from the packaged lite0 weights
+            tw, made = ensure_teacher(_path(getattr(mp, 'teacher_cache_dir', '') or 'data/efficientad_teachers'), getattr(cfg, 'device', 'auto'),
+                                      model_size=size, out_channels=ch, image_size=getattr(mp, 'teacher_image_size', 64),
+                                      steps=getattr(mp, 'teacher_steps', 250), seed=0)  # seed 0: one teacher shared by all run seeds
+        model = cls(model_size=size, out_channels=ch, teacher_weights=tw, pretrained=cfg.pretrained, lr=cfg.lr,
+                    weight_decay=wd, imagenet_train_path=_path(getattr(cfg, 'imagenet_train_path', '')),
+                    input_normalized=getattr(cfg, 'normalize', True), num_epochs=getattr(cfg, 'num_epochs', 0),
+                    amp=getattr(cfg, 'amp', False), seed=getattr(cfg, 'seed', 0))
+        m = model.teacher_meta
+        how = '' if made is None else ('distilled now' if made else 'reused from the cache') + ', '
+        print(f"EfficientAD teacher: {model.teacher_source} ({how}{m.get('steps', '?')} steps on {m.get('images', 'unknown images')}, "
+              f"final loss {m.get('loss_last', float('nan')):.4f})" if m else f"EfficientAD teacher: {model.teacher_source}", flush=True)
+        return model
 
     def train(self, mode:bool=True):
         "Switch student and autoencoder (never the teacher) to training mode."
@@ -588,7 +716,8 @@ class EfficientADModel(AnomalyModel):
 
     def weights_info(self) -> dict:
         "Teacher source and metadata, penalty status, normalisation choices."
-        meta = {k: v for k, v in self.teacher_meta.items() if k in ('backbone', 'steps', 'images', 'n_images', 'image_size', 'loss_last', 'source', 'created')}
+        meta = {k: v for k, v in self.teacher_meta.items() if k in ('backbone', 'steps', 'batch_size', 'images', 'n_images', 'image_size', 'loss_first',
+                                                                 'loss_last', 'seconds', 'source', 'created', 'cache_key', 'path', 'file_sha256')}
         k = int(self.teacher_stats_task)
         return dict(backbone=self.backbone_name, source=self.teacher_source,
                     sha256=state_sha256(self.teacher.state_dict()) if self.teacher_source != 'random-init' else None,

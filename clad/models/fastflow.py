@@ -135,6 +135,7 @@ class AnomalyMapGenerator(nn.Module):
 class FastflowModel(AnomalyModel):
     "FastFlow: frozen backbone features → trainable LayerNorm → one 2-D normalising flow per scale."
     kind = 'trained'
+    default_strategy = 'replay' # image replay, as in the paper's runs
 
     def __init__(self, input_size:int|tuple[int, int]=128, # (H, W) of the model's input images
                  backbone:str='tf_efficientnet_lite0', # timm name of the frozen feature extractor

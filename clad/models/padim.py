@@ -71,7 +71,7 @@ class PadimEmbedding(nn.Module):
 # %% ../../nbs/13_models.padim.ipynb #343f30a5
 @contextlib.contextmanager
 def _single_thread(device:torch.device):
-    "Run batched CPU LAPACK on one thread: it loops over the small matrices, and multi-threading each 100×100 solve only adds barriers (10× slower on a busy machine)."
+    "Run batched CPU LAPACK on one thread: it loops over the small matrices, and multi-threading each 100×100 solve only adds barriers."
     if device.type != 'cpu': yield; return
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -143,6 +143,7 @@ PADIM_MODES = ('replace', 'incremental', 'per_task')
 class PadimModel(AnomalyModel):
     "PaDiM: per-position Gaussians of pretrained multi-scale features, scored by Mahalanobis distance."
     kind = 'memory'
+    default_strategy = 'cl' # the paper's budgeted memory-bank update; image replay does not apply to a model that trains nothing
     supports_cl_update = True
 
     def __init__(self, backbone:str='tf_efficientnet_lite0', # timm backbone

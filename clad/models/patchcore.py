@@ -140,6 +140,7 @@ MEMORY_UPDATES = ('replace', 'append', 'budget')
 class PatchcoreModel(AnomalyModel):
     "PatchCore: a coreset memory bank of locally aware patch features; anomaly = distance to the nearest bank patch."
     kind = 'memory'
+    default_strategy = 'cl' # the paper's budgeted memory-bank update; image replay does not apply to a model that trains nothing
     supports_cl_update = True
 
     def __init__(self, backbone:str='tf_efficientnet_lite0', # timm backbone

@@ -64,6 +64,7 @@ class AnomalyMapGenerator(nn.Module):
 class STFPMModel(AnomalyModel):
     "STFPM: a frozen pretrained teacher and a trainable student of the same architecture, matched on a feature pyramid."
     kind = 'trained'
+    default_strategy = 'replay' # image replay, as in the paper's runs
 
     def __init__(self, backbone:str='resnet18', # timm name of the teacher's (and student's) architecture
                  layers:Sequence[str]=('layer1', 'layer2', 'layer3'), # the pyramid levels to match
