@@ -105,3 +105,40 @@ def test_gap_to_joint_filled_when_the_joint_run_came_later(tmp_path):
     runs = {x['strategy']: x for x in load_runs(tmp_path, log=None)}
     J = runs['multi_task']['summary']['image_auroc']['final_avg']; f = runs['naive']['summary']['image_auroc']['final_avg']
     assert abs(runs['naive']['summary']['image_auroc']['gap_to_joint'] - (J - f) / J) < 1e-12
+
+
+def test_protocol_table_over_seeds(tmp_path):
+    "UCAD's MVTec stream: the aggregate's protocol table is the mean ± std over seeds of each run's figures, beside the published ones."
+    from clad.aggregate import class_final_table, protocol_tables
+    from clad.protocols import protocol_figures
+    fabricate_results(tmp_path / 'ucad', models=['stfpm'], strategies=['multi_task', 'replay'], seeds=[0, 1, 2], protocol='mvtec_ucad15')
+    fabricate_results(tmp_path / 'plain', models=['stfpm'], strategies=['replay'], seeds=[0])  # no protocol: not in the table
+    runs = load_runs(tmp_path, log=None)
+    assert sorted({r['variant'] for r in runs}) == ['', 'no protocol', 'protocol=mvtec_ucad15']  # multi_task: one setting only
+    tables = protocol_tables(runs)
+    assert list(tables) == ['mvtec_ucad15']
+    t, notes = tables['mvtec_ucad15']
+    assert list(t.columns) == ['stfpm · multi_task', 'stfpm · replay', 'UCAD (published)', 'ReplayCAD (published)']
+    replay = [r for r in runs if r['strategy'] == 'replay' and r['config'].get('protocol')]
+    for q in ('final mean image AUROC', 'final mean pixel AP ("pixel AUPR")', 'forgetting, image AUROC',
+              'FM (ReplayCAD): gap to joint, image AUROC'):
+        v = [next(x['value'] for x in protocol_figures(r)['rows'] if x['quantity'] == q) for r in replay]
+        assert t.loc[q, 'stfpm · replay'] == f'{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}', q
+    fm = [r['class_summary']['image_auroc']['gap_to_joint'] for r in replay]
+    joint = {r['seed']: r for r in runs if r['strategy'] == 'multi_task'}
+    for r, g in zip(replay, fm):  # FM: the gap to the joint run of the same seed, over classes
+        J = joint[r['seed']]['class_summary']['image_auroc']['final_avg']
+        assert g == pytest.approx((J - r['class_summary']['image_auroc']['final_avg']) / J)
+    assert t.loc['FM (ReplayCAD): gap to joint, image AUROC', 'stfpm · multi_task'] == '–'  # the joint run has no gap
+    assert t.loc['final mean image AUROC', 'UCAD (published)'] == '0.930' and t.loc['final mean pixel AP ("pixel AUPR")', 'ReplayCAD (published)'] == '0.537'
+    assert t.loc['forgetting, image AUROC', 'UCAD (published)'] == '–' and t.loc['Seeds'].tolist() == ['3', '3', '', '']
+    assert any('test-set AUROC' in n for n in notes) and any('ReplayCAD, IJCAI 2025' in n for n in notes)
+    ct = class_final_table(runs)
+    v = [r['class_matrices']['image_auroc'][-1][r['classes'].index('zipper')] for r in replay]
+    assert ct.loc['zipper', 'stfpm · replay (protocol=mvtec_ucad15)'] == f'{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}'
+    out = subprocess.run([sys.executable, '-m', 'clad.aggregate', str(tmp_path), '--out', str(tmp_path / 'agg')],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert 'Protocol mvtec_ucad15:' in out.stdout and f"| final mean image AUROC | {t.loc['final mean image AUROC', 'stfpm · multi_task']} |" in out.stdout
+    assert (tmp_path / 'agg' / 'protocol_mvtec_ucad15.md').read_text().startswith('|  | stfpm · multi_task | stfpm · replay |')
+    assert (tmp_path / 'agg' / 'tidy_per_class.csv').read_text().startswith('model,strategy,variant,seed,step,class,task,metric,value\n')

@@ -91,7 +91,8 @@ def check_report(nb: dict, run_dir: Path, trained: bool, reused: bool = False):
     sec = sections(nb)
     expected = {'The run': (0, 1), 'Configuration': (0, 1), 'Data': (1, 1), 'Training and evaluation': (0, 0),
                 'Training curves': (1, 0) if trained else (0, 1), 'Per-step summary': (0, 1), 'Result matrices': (1, 0),
-                'Average over the tasks seen so far': (1, 0), 'Final table': (0, 1), 'Anomaly maps': (2, 0),
+                'Average over the tasks seen so far': (1, 0), 'Final table': (0, 1),
+                "Per class and the literature's protocols": (0, 1), 'Anomaly maps': (2, 0),
                 'Provenance': (0, 1), 'Files': (0, 1)}
     assert {k: counts(v) for k, v in sec.items()} == expected
     # one summary line per step, on stdout (or one saying the finished run is reused)
@@ -108,6 +109,9 @@ def check_report(nb: dict, run_dir: Path, trained: bool, reused: bool = False):
     assert '| backbone | \'resnet18\' | overrides |' in md('Configuration')
     assert f"| image AUROC | {rec['summary']['image_auroc']['final_avg']:.3f} |" in md('Final table')
     assert '`results.json`' in md('Files')
+    # one-class tasks, no protocol: the per-class results repeat the matrices, and the section says so
+    assert rec['class_matrices'] == rec['matrices'] and rec['config']['protocol'] == ''
+    assert md("Per class and the literature's protocols").startswith('*No protocol of the literature is named')
     return rec
 
 
@@ -141,6 +145,29 @@ def test_finished_run_is_reused_and_says_so(tiny_data, patchcore_run):
     assert 'it is **reused**, not trained again' in run
     assert 'reused' not in '\n'.join(_text(o['data']['text/markdown']) for o in sections(first)['The run'])
     check_report(nb, out / 'patchcore' / 'cl' / 'seed0', trained=False, reused=True)  # the reused record gives the same report
+
+
+def test_protocol_run_shows_the_protocol_and_per_class_tables(tmp_path):
+    "A VisA protocol (8 classes, then 4, with masks) through the result notebook: its figures, the published column, per class."
+    from clad.data import VISA_CLASSES, write_tiny_visa
+    data = write_tiny_visa(tmp_path / 'visa', VISA_CLASSES, n_train=3, n_test_good=1, n_test_defect=1, size=32, mask_value=1)
+    nb, out = execute(tmp_path, data, model='padim', config='configurations/protocols/visa_8-4.json')
+    check_clean(nb)
+    rec = json.loads((out / 'padim' / rec_strategy(out) / 'seed0' / 'results.json').read_text())
+    sec = sections(nb)["Per class and the literature's protocols"]
+    assert counts(sec) == (0, 1)
+    text = _text(sec[0]['data']['text/markdown'])
+    s = rec['class_summary']
+    assert text.startswith('**Protocol `visa_8-4`** — IUF, One-for-More: 8 VisA classes, then 4.')
+    assert f"| final image AUROC, mean over the classes seen | {s['image_auroc']['avg_seen'][-1]:.3f} |" in text
+    assert f"| final pixel AUROC, mean over the classes seen | {s['pixel_auroc']['avg_seen'][-1]:.3f} |" in text
+    last = {m: rec['class_matrices'][m][-1][VISA_CLASSES.index('pcb3')] for m in ('image_auroc', 'pixel_auroc', 'pixel_ap', 'pixel_aupro')}
+    assert ('| pcb3 | pcb2+pcb3+pcb4+pipe_fryum | 2 | ' + ' | '.join(f'{v:.3f}' for v in last.values()) + ' |') in text
+    assert all(isinstance(v, float) for v in rec['class_matrices']['pixel_aupro'][-1])  # masks: pixel metrics per class
+
+
+def rec_strategy(out: Path) -> str:
+    return next((out / 'padim').iterdir()).name
 
 
 def test_bad_parameter_names_itself(tiny_data, tmp_path):
