@@ -29,7 +29,7 @@ except ImportError: fcntl = None  # Windows: no advisory file locks
 # %% auto #0
 __all__ = ['seed_everything', 'derive_seed', 'numpy_rng', 'torch_generator', 'default_device', 'CladError', 'write_error',
            'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save', 'remove_partial_writes',
-           'describe_holder', 'FolderLock']
+           'describe_holder', 'FolderLock', 'exclusive_lock']
 
 # %% ../nbs/00_core.ipynb #d9411469
 def seed_everything(seed:int, # the run's seed
@@ -251,6 +251,19 @@ class FolderLock:
     def __enter__(self) -> FolderLock: return self.acquire()
     def __exit__(self, *exc): self.release()
 
+
+# %% ../nbs/00_core.ipynb #a1c0e5b2
+@contextlib.contextmanager
+def exclusive_lock(path:str|Path, # the lock file (created with its folder)
+                  ):
+    "Wait for, then hold, an exclusive inter-process lock on `path` (POSIX `flock`; a no-op where unavailable)."
+    try: import fcntl
+    except ImportError: yield; return
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'a') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
 
 # %% ../nbs/00_core.ipynb #05076f31
 def _import_tqdm_auto_quietly():

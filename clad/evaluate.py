@@ -79,7 +79,7 @@ def cl_summary(R:list, # S x T matrix: R[t][j] after step t on task j; None wher
         out['forgetting'] = _mean(f)
         for k in ('bwt', 'forgetting'):
             if out[k] is None: why[k] = 'no earlier task has defined values before and after'
-        # legacy (original CLAD): relative, l over all earlier steps incl. l < j, clipped at 0
+        # legacy: relative, l over all earlier steps incl. l < j, clipped at 0
         legacy, skipped = [], 0
         for j in old:
             if last[j] is None: continue

@@ -5,7 +5,6 @@
 # %% ../nbs/03_synthetic.ipynb #a4460855
 from __future__ import annotations
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -19,7 +18,7 @@ import skimage.data
 from PIL import Image
 from scipy import ndimage
 
-from .core import CladError, numpy_rng
+from .core import CladError, exclusive_lock, numpy_rng
 
 # %% auto #0
 __all__ = ['STAIN_TINTS', 'FOREIGN', 'OVERLAYS', 'TEXTURES', 'WIRE_COLORS', 'OBJECTS', 'CATEGORIES', 'GENERATOR_VERSION',
@@ -446,17 +445,6 @@ def _matches(root:Path, spec:dict) -> bool:
     return all(len(list((root / c / 'test').glob('*/*.png'))) == sum(n['test'].values()) and
                len(list((root / c / 'train' / 'good').glob('*.png'))) == n['train'] for c, n in spec['categories'].items())
 
-@contextlib.contextmanager
-def _lock(path:Path):
-    "An exclusive inter-process lock (POSIX `flock`; a no-op where unavailable)."
-    try: import fcntl
-    except ImportError: yield; return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'a') as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
-
 # %% ../nbs/03_synthetic.ipynb #22727424
 def ensure_embedded_dataset(root:str|Path|None=None, # dataset folder; default <project>/data/clad_synthetic
                             seed:int=0, # generator seed
@@ -469,7 +457,7 @@ def ensure_embedded_dataset(root:str|Path|None=None, # dataset folder; default <
     root = Path(root).expanduser().resolve() if root else _default_root()
     spec = dataset_spec(seed, image_size, **counts)
     if not force and _matches(root, spec): return root
-    with _lock(root.parent / f'.{root.name}.lock'):
+    with exclusive_lock(root.parent / f'.{root.name}.lock'):
         if not force and _matches(root, spec): return root  # another process made it while we waited
         if root.exists() and any(root.iterdir()) and (_manifest(root) or {}).get('name') != DATASET_NAME:
             raise CladError(f"data_path: {root} exists but is not a generated {DATASET_NAME} dataset (no DATASET.json); "

@@ -5,7 +5,6 @@
 # %% ../../nbs/15_models.efficientad.ipynb #bb1d3726
 from __future__ import annotations
 import argparse
-import contextlib
 import hashlib
 import itertools
 import json
@@ -25,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm.auto import tqdm
 
 from ..backbones import LITE0_PACKAGE, FeatureExtractor, map_by_order, state_sha256
-from ..core import CladError, atomic_torch_save, default_device, derive_seed, torch_generator
+from ..core import CladError, atomic_torch_save, default_device, derive_seed, exclusive_lock, torch_generator
 from ..data import IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, list_penalty_images, read_image
 from .base import AnomalyModel, autocast_context, grad_scaler, register_model
 
@@ -420,17 +419,6 @@ def teacher_cache_key(spec:dict) -> str:
     "16 hex digits of the SHA-256 of the spec's canonical JSON."
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
-@contextlib.contextmanager
-def _file_lock(path:Path):
-    "An exclusive inter-process lock on `path` (POSIX `flock`; a no-op where unavailable)."
-    try: import fcntl
-    except ImportError: yield; return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'a') as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
-
 def ensure_teacher(cache_dir:str|Path, # where cached teachers live (runs: <project>/data/efficientad_teachers)
                    device:str='auto', # where a distillation runs
                    log=print, # one line when a teacher is distilled (None: silent)
@@ -441,7 +429,7 @@ def ensure_teacher(cache_dir:str|Path, # where cached teachers live (runs: <proj
     spec = teacher_spec(**spec_fields); key = teacher_cache_key(spec)
     path = Path(cache_dir).expanduser()/f"teacher_{spec['model_size']}_{spec['out_channels']}_{key}.pth"
     if path.is_file(): return path, False
-    with _file_lock(path.parent/f'.{path.name}.lock'):
+    with exclusive_lock(path.parent/f'.{path.name}.lock'):
         if path.is_file(): return path, False  # another process distilled it while we waited
         if log: log(f"EfficientAD: teacher_weights is empty, so a {spec['model_size']} PDN teacher is distilled once from "
                     f"{spec['backbone']} on scikit-image photographs ({spec['steps']} steps) into {path}; later runs reuse it")
