@@ -93,7 +93,7 @@ def check_report(nb: dict, run_dir: Path, trained: bool, reused: bool = False):
                 'Training curves': (1, 0) if trained else (0, 1), 'Per-step summary': (0, 1), 'Result matrices': (1, 0),
                 'Average over the tasks seen so far': (1, 0), 'Final table': (0, 1),
                 "Per class and the literature's protocols": (0, 1), 'Anomaly maps': (2, 0),
-                'Provenance': (0, 1), 'Files': (0, 1)}
+                'Provenance': (0, 1), 'Files': (0, 1), 'Compared with the original CLAD': (0, 0)}
     assert {k: counts(v) for k, v in sec.items()} == expected
     # one summary line per step, on stdout (or one saying the finished run is reused)
     lines = [l for o in sec['Training and evaluation'] if o['output_type'] == 'stream' for l in _text(o['text']).splitlines()]
@@ -147,13 +147,14 @@ def test_finished_run_is_reused_and_says_so(tiny_data, patchcore_run):
     check_report(nb, out / 'patchcore' / 'cl' / 'seed0', trained=False, reused=True)  # the reused record gives the same report
 
 
-def test_protocol_run_shows_the_protocol_and_per_class_tables(tmp_path):
+@pytest.mark.parametrize('model', ['padim', 'stfpm'])
+def test_protocol_run_shows_the_protocol_and_per_class_tables(tmp_path, model):
     "A VisA protocol (8 classes, then 4, with masks) through the result notebook: its figures, the published column, per class."
     from clad.data import VISA_CLASSES, write_tiny_visa
     data = write_tiny_visa(tmp_path / 'visa', VISA_CLASSES, n_train=3, n_test_good=1, n_test_defect=1, size=32, mask_value=1)
-    nb, out = execute(tmp_path, data, model='padim', config='configurations/protocols/visa_8-4.json')
+    nb, out = execute(tmp_path, data, model=model, config='configurations/protocols/visa_8-4.json')
     check_clean(nb)
-    rec = json.loads((out / 'padim' / rec_strategy(out) / 'seed0' / 'results.json').read_text())
+    rec = json.loads((out / model / rec_strategy(out, model) / 'seed0' / 'results.json').read_text())
     sec = sections(nb)["Per class and the literature's protocols"]
     assert counts(sec) == (0, 1)
     text = _text(sec[0]['data']['text/markdown'])
@@ -166,8 +167,8 @@ def test_protocol_run_shows_the_protocol_and_per_class_tables(tmp_path):
     assert all(isinstance(v, float) for v in rec['class_matrices']['pixel_aupro'][-1])  # masks: pixel metrics per class
 
 
-def rec_strategy(out: Path) -> str:
-    return next((out / 'padim').iterdir()).name
+def rec_strategy(out: Path, model: str) -> str:
+    return next((out / model).iterdir()).name
 
 
 def test_bad_parameter_names_itself(tiny_data, tmp_path):
