@@ -28,13 +28,20 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ('stfpm', 'patchcore', 'padim', 'fastflow', 'efficientad', 'cfa', 'draem')
+
+
+def registered_models() -> tuple[str, ...]:
+    "Every model of the registry (each module of clad/models registers one): the script keeps no list of its own."
+    sys.path.insert(0, str(ROOT))
+    from clad.models.base import available_models
+    return tuple(available_models())
 
 
 def parse_args(argv=None):
+    models = registered_models()
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--device', default='cuda', help="the device to check (default cuda; 'cpu' to test this script's logic)")
-    p.add_argument('--models', default=','.join(MODELS), help='comma-separated models (default: all seven)')
+    p.add_argument('--models', default=','.join(models), help='comma-separated models (default: every registered model)')
     p.add_argument('--strategies', default='', help='comma-separated strategies (default: every one each model supports)')
     p.add_argument('--batches', type=int, default=3, help='training batches per epoch (max_train_batches) and timed batches')
     p.add_argument('--img-size', type=int, default=128, help='input size of the unit checks and strategy runs')
@@ -49,8 +56,8 @@ def parse_args(argv=None):
         a.batches, a.img_size = 1, 64
     a.models = [m.strip() for m in a.models.split(',') if m.strip()]
     a.strategies = [s.strip() for s in a.strategies.split(',') if s.strip()]
-    bad = sorted(set(a.models) - set(MODELS))
-    if bad: p.error(f'--models: unknown {bad}; expected some of {", ".join(MODELS)}')
+    bad = sorted(set(a.models) - set(models))
+    if bad: p.error(f'--models: unknown {bad}; expected some of {", ".join(models)}')
     if a.batches < 1: p.error('--batches: expected >= 1')
     return a
 
@@ -156,7 +163,7 @@ def unit_check(model_name, args, out, checks) -> dict:
         model.fit([to_dev(b) for b in batches])
     _sync(device); train_s = time.perf_counter() - t0
     model.end_task(0, train)
-    if hasattr(model, 'calibrate') and task.val:
+    if task.val:
         model.calibrate(make_loader(task.val, cfg, device, 'val', 0))
     bad = misplaced(model, device)
     checks.expect(not bad, where, f'after learning, these tensors are elsewhere: {bad[:8]}')
@@ -164,7 +171,7 @@ def unit_check(model_name, args, out, checks) -> dict:
     model.predict(to_dev(test[0])['image'])  # warm-up (kernel selection) outside the timing
     _sync(device); t0 = time.perf_counter(); n_pred = 0
     for b in test:
-        scores, maps = model.predict(to_dev(b)['image']); n_pred += len(scores)
+        p = model.predict(to_dev(b)['image']); scores, maps = p.scores, p.maps; n_pred += len(scores)
         checks.expect(_on(device, scores) and _on(device, maps), where, f'predict returned scores on {scores.device}, maps on {maps.device}')
         checks.expect(bool(torch.isfinite(scores).all() and torch.isfinite(maps).all()), where, 'predict returned non-finite values')
     _sync(device); pred_s = time.perf_counter() - t0
@@ -181,10 +188,10 @@ class PredictWatch:
     def __enter__(self):
         watch = self
         def predict(model, images):
-            scores, maps = watch.orig(model, images); watch.calls += 1
-            if not (_on(watch.device, scores) and _on(watch.device, maps)):
-                watch.bad.append(f'{type(model).__name__}.predict -> scores on {scores.device}, maps on {maps.device}')
-            return scores, maps
+            p = watch.orig(model, images); watch.calls += 1
+            if not (_on(watch.device, p.scores) and _on(watch.device, p.maps)):
+                watch.bad.append(f'{type(model).__name__}.predict -> scores on {p.scores.device}, maps on {p.maps.device}')
+            return p
         self.cls.predict = predict
         return self
     def __exit__(self, *exc): self.cls.predict = self.orig
@@ -252,9 +259,7 @@ def main(argv=None) -> int:
               f'tensors show up', file=sys.stderr)
         return 2
     sys.path.insert(0, str(ROOT))
-    from clad.models.base import MODEL_REGISTRY
-    import clad.models  # noqa: F401  (registers the models)
-    for m in args.models: __import__(f'clad.models.{m}')
+    from clad.models.base import model_class
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix='clad_gpu_check_'))
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
@@ -262,8 +267,8 @@ def main(argv=None) -> int:
     print(f'gpu_check on {device} ({name}), torch {torch.__version__}, working folder {out}', flush=True)
     checks, units, runs, t_all = Checks(), [], [], time.perf_counter()
     for m in args.models:
-        cls = MODEL_REGISTRY[m]
-        strategies = [s for s in (args.strategies or cls.supported_strategies()) if s in cls.supported_strategies()]
+        cls = model_class(m)
+        strategies = [s for s in (args.strategies or cls.supported_strategies) if s in cls.supported_strategies]
         if args.dry_run and not args.strategies: strategies = strategies[:1]
         try:
             u = unit_check(m, args, out, checks); units.append(u)

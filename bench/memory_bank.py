@@ -154,7 +154,7 @@ def run_ours(model:str, d:dict, a) -> dict:
     t1 = time.perf_counter()
     out = [m.predict(b) for b in batches(d['xte'], a.batch_size)]
     t2 = time.perf_counter(); c2 = time.process_time()
-    scores = torch.cat([o[0] for o in out]).numpy(); maps = torch.cat([o[1] for o in out]).numpy()
+    scores = torch.cat([o.scores for o in out]).numpy(); maps = torch.cat([o.maps for o in out]).numpy()
     return dict(fit=t1 - t0, predict=t2 - t1, total=t2 - t0, cpu=c2 - c0, scores=scores, maps=maps, model=m)
 
 

@@ -15,9 +15,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 from .core import CladError
 
 # %% auto #0
-__all__ = ['MODELS', 'STRATEGIES', 'WANDB_MODES', 'MODEL_PARAMS', 'project_root', 'Config', 'StfpmParams', 'PatchcoreParams',
-           'PadimParams', 'CfaParams', 'DraemParams', 'FastflowParams', 'EfficientadParams', 'split_list',
-           'model_class', 'load_config', 'parse_overrides', 'resolve_path', 'run_dir']
+__all__ = ['WANDB_MODES', 'project_root', 'strategy_names', 'Config', 'split_list', 'load_config', 'parse_overrides',
+           'resolve_path', 'run_dir']
 
 # %% ../nbs/01_config.ipynb #06fe7834
 def project_root(start:str|Path|None=None, # where to start looking (default: the current directory)
@@ -31,20 +30,31 @@ def project_root(start:str|Path|None=None, # where to start looking (default: th
                     "(run from the repository, or set CLAD_ROOT)")
 
 # %% ../nbs/01_config.ipynb #ce14e354
-MODELS = ('stfpm', 'patchcore', 'padim', 'cfa', 'draem', 'fastflow', 'efficientad')
-STRATEGIES = ('naive', 'replay', 'multi_task', 'single_model', 'cumulative', 'cl')
 WANDB_MODES = ('disabled', 'offline', 'online')
+
+def strategy_names() -> tuple[str, ...]:
+    "The values `sample_strategy` accepts: the names of `clad.strategies.STRATEGY_CLASSES` (imported on demand)."
+    from clad.strategies import STRATEGY_CLASSES
+    return tuple(STRATEGY_CLASSES)
 
 # %% ../nbs/01_config.ipynb #cdf171e0
 @dataclass
 class Config:
     "A resolved run configuration."
-    architecture: str = 'stfpm' # the model: one of `MODELS`
-    sample_strategy: str = 'naive' # continual strategy: one of `STRATEGIES` (`load_config`: the model's `default_strategy` when no layer sets it)
+    architecture: str = 'stfpm' # the model: a name of `clad.models.base.available_models()`
+    sample_strategy: str = 'naive' # continual strategy: one of `strategy_names()` that the model supports (`load_config`: the model's `default_strategy` when no layer sets it)
     mem_size: int = 300 # replay memory, in images, over all tasks
     mem_size_cl: int = 10000 # memory-bank budget (patches) of the `cl` strategy
     cl: bool = False # memory-bank models: fixed-budget continual update (True) or growth (False)
     replay_ratio: float = 1.0 # replayed images per new image in a batch (B new + ratio·B replayed)
+    ewc_lambda: float = 100.0 # EWC: penalty weight λ
+    ewc_gamma: float = 1.0 # online EWC: decay of the accumulated Fisher (1 = plain sum over tasks)
+    lwf_alpha: float = 1.0 # LwF: weight of the distillation term
+    derpp_alpha: float = 0.5 # DER++: weight of the stored-output term α
+    derpp_beta: float = 0.5 # DER++: weight of the replayed images' own loss β
+    mem_size_mb: float = 1.0 # compressed_replay: memory budget in megabytes (2**20 bytes)
+    replay_jpeg_quality: int = 75 # compressed_replay: JPEG quality of stored images
+    replay_scale: float = 0.5 # compressed_replay: side of a stored image relative to img_size
     num_tasks: int = 0 # number of tasks of the stream; 0 = all of `task_order`
     task_order: list = field(default_factory=list) # class names, indices, or lists of them (merged tasks); [] = the dataset's order
     dataset_name: str = 'auto' # 'auto' (from the folder), 'mvtec', 'visa', 'clad_synthetic'
@@ -80,7 +90,7 @@ class Config:
     tags: list = field(default_factory=list) # W&B tags; [] = [model, strategy]
     gallery_size: int = 4 # test images per task in the anomaly-map gallery
     test_only_seen_tasks: bool = False # evaluate only tasks seen so far (no forward transfer)
-    model_params: Any = None # the model's own parameters (a dataclass from `MODEL_PARAMS`)
+    model_params: Any = None # the model's own parameters: an instance of its class's `Params` dataclass
     sources: dict = field(default_factory=dict, repr=False) # field -> the file or override that set it
 
     def to_dict(self) -> dict:
@@ -94,72 +104,6 @@ class Config:
 
     @property
     def strategy(self) -> str: return self.sample_strategy
-
-# %% ../nbs/01_config.ipynb #bea47c89
-@dataclass
-class StfpmParams:
-    "STFPM: SGD settings of the student (the learning rate is `Config.lr`)."
-    momentum: float = 0.9 # SGD momentum
-    weight_decay: float = 1e-4 # SGD weight decay
-
-@dataclass
-class PatchcoreParams:
-    "PatchCore: coreset and nearest-neighbour settings."
-    f_coreset: float = 0.1 # share of patches kept by the coreset
-    coreset_eps: float = 0.9 # random-projection distortion for the coreset distances
-    num_neighbors: int = 9 # neighbours for the image-score re-weighting
-
-@dataclass
-class PadimParams:
-    "PaDiM: random channel subset, covariance regulariser, map smoothing."
-    d_reduced: int = 100 # channels kept (100 for resnet18, 550 for wide_resnet50_2)
-    eps: float = 0.01 # added to the covariance diagonal
-    sigma: float = 4.0 # Gaussian smoothing of the anomaly map, in pixels
-
-@dataclass
-class CfaParams:
-    "CFA: descriptor compression and memory-bank size."
-    gamma_c: int = 1 # memory compression (>1: k-means to HW/gamma_c centroids)
-    gamma_d: int = 1 # descriptor compression (channels / gamma_d)
-    weight_decay: float = 5e-4 # AdamW weight decay
-    num_nearest_neighbors: int = 3 # K attracting neighbours of the soft-boundary loss
-    num_hard_negatives: int = 3 # J repelling neighbours
-    radius: float = 1e-5 # initial hypersphere radius r (learnable)
-    nu: float = 1e-3 # loss scale 1/nu
-    alpha: float = 0.1 # repulsion margin
-    sigma: float = 4.0 # Gaussian smoothing of the anomaly map, in pixels
-
-@dataclass
-class DraemParams:
-    "DRAEM: network widths and the learning-rate schedule."
-    base_width: int = 32 # reconstructive network base width (paper: 128)
-    disc_width: int = 16 # discriminative network base width (paper: 64)
-    beta_min: float = 0.1 # minimum anomaly opacity
-    beta_max: float = 1.0 # maximum anomaly opacity
-    p_anomaly: float = 0.5 # share of training images that get a synthetic anomaly
-
-@dataclass
-class FastflowParams:
-    "FastFlow: flow depth and coupling sub-network."
-    flow_steps: int = 8 # coupling blocks per scale
-    hidden_ratio: float = 1.0 # hidden channels / input channels in the sub-network
-    conv3x3_only: bool = False # all sub-network kernels 3×3 (else alternate 3×3 / 1×1)
-    fast_flow_normalize: bool = True # trainable LayerNorm on the backbone features
-    weight_decay: float = 1e-5 # Adam weight decay
-
-@dataclass
-class EfficientadParams:
-    "EfficientAD: network size and teacher."
-    model_size: str = 'small' # 'small' or 'medium' PDN
-    out_channels: int = 384 # teacher output channels
-    teacher_weights: str = '' # distilled PDN teacher file (see `clad-distill-teacher`); '' = distil one on first use and cache it
-    teacher_steps: int = 250 # distillation steps of the teacher made on first use
-    teacher_image_size: int = 64 # crop side of that distillation
-    teacher_cache_dir: str = 'data/efficientad_teachers' # where teachers made on first use are cached
-    weight_decay: float = 1e-5 # Adam weight decay
-
-MODEL_PARAMS = dict(stfpm=StfpmParams, patchcore=PatchcoreParams, padim=PadimParams, cfa=CfaParams,
-                    draem=DraemParams, fastflow=FastflowParams, efficientad=EfficientadParams)
 
 # %% ../nbs/01_config.ipynb #5421bc85
 _TYPES = {'int': int, 'float': float, 'bool': bool, 'str': str, 'list': list, 'dict': dict}
@@ -193,13 +137,21 @@ def _unknown_key(key:str, valid, source:str):
 
 # %% ../nbs/01_config.ipynb #7f578e7f
 def _range_rules(c:Config):
-    "(field, ok, expectation) for every rule a type cannot express."
+    "(field, ok, expectation) for every rule a type cannot express (`architecture` is checked against the registry on loading)."
+    strategies = strategy_names()
     return [
-        ('architecture', c.architecture in MODELS, f"one of {', '.join(MODELS)}"),
-        ('sample_strategy', c.sample_strategy in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
+        ('sample_strategy', c.sample_strategy in strategies, f"one of {', '.join(strategies)}"),
         ('mem_size', c.mem_size >= 0, 'mem_size >= 0'),
         ('mem_size_cl', c.mem_size_cl >= 1, 'mem_size_cl >= 1'),
         ('replay_ratio', c.replay_ratio > 0, 'replay_ratio > 0'),
+        ('ewc_lambda', c.ewc_lambda >= 0, 'ewc_lambda >= 0'),
+        ('ewc_gamma', 0 < c.ewc_gamma <= 1, '0 < ewc_gamma <= 1'),
+        ('lwf_alpha', c.lwf_alpha >= 0, 'lwf_alpha >= 0'),
+        ('derpp_alpha', c.derpp_alpha >= 0, 'derpp_alpha >= 0'),
+        ('derpp_beta', c.derpp_beta >= 0, 'derpp_beta >= 0'),
+        ('mem_size_mb', c.mem_size_mb > 0, 'mem_size_mb > 0'),
+        ('replay_jpeg_quality', 1 <= c.replay_jpeg_quality <= 100, '1 <= replay_jpeg_quality <= 100'),
+        ('replay_scale', 0 < c.replay_scale <= 1, '0 < replay_scale <= 1'),
         ('num_tasks', c.num_tasks >= 0, 'num_tasks >= 1 (or 0 for all tasks of task_order)'),
         ('img_size', c.img_size > 0, 'a positive img_size'),
         ('crp_size', 0 <= c.crp_size <= c.img_size, f'0 (no crop) or a crop no larger than img_size={c.img_size}'),
@@ -219,13 +171,14 @@ def _range_rules(c:Config):
         ('layers', len(c.layers) > 0 and all(isinstance(l, str) for l in c.layers), 'a non-empty list of layer names'),
     ]
 
-def _check_ranges(c:Config):
+def _check_ranges(c:Config, model_cls:type):
     for name, ok, expected in _range_rules(c):
         if not ok:
             raise CladError(f"{c.sources.get(name, 'default')}: field '{name}' = {getattr(c, name)!r} is invalid; expected {expected}")
-    if c.sample_strategy == 'cl' and c.architecture not in ('patchcore', 'padim'):
-        raise CladError(f"{c.sources.get('sample_strategy', 'default')}: sample_strategy 'cl' is the memory-bank update of patchcore "
-                        f"and padim; {c.architecture} has no such update (use replay, naive, multi_task, single_model or cumulative)")
+    supported = tuple(model_cls.supported_strategies)
+    if c.sample_strategy not in supported:
+        raise CladError(f"{c.sources.get('sample_strategy', 'default')}: field 'sample_strategy' = {c.sample_strategy!r} is not supported by "
+                        f"model '{c.architecture}' ({model_cls.__module__}.{model_cls.__qualname__}); it supports {', '.join(supported)}")
 
 # %% ../nbs/01_config.ipynb #874bc3f4
 def _read_json(path:Path) -> dict:
@@ -244,24 +197,20 @@ def _resolve_run_path(path, root:Path) -> Path:
 
 _ALIASES = {'model': 'architecture'}
 
-def _model_of(layers:list[tuple[str, dict]]) -> tuple[str, str]:
+def _model_of(layers:list[tuple[str, dict]]) -> tuple[str, str, type]:
+    "The model the layers name (the last one wins): its registry name, the file that named it, and its class."
+    from clad.models.base import available_models, model_class  # here, not at the top: the models import torch (and may import this module)
     arch, src = Config.architecture, 'default'
     for source, data in layers:
         for k in ('architecture', 'model'):
             if k in data: arch, src = data[k], source
-    if not isinstance(arch, str) or arch.lower() not in MODELS:
-        raise CladError(f"{src}: field 'architecture' = {arch!r} is not a model; expected one of {', '.join(MODELS)}")
-    return arch.lower(), src
+    try: cls = model_class(arch) if isinstance(arch, str) else None
+    except CladError: cls = None
+    if cls is None:
+        raise CladError(f"{src}: field 'architecture' = {arch!r} is not a model; expected one of {', '.join(available_models())}")
+    return cls.name, src, cls
 
 # %% ../nbs/01_config.ipynb #bb4cbc4a
-def model_class(arch:str, # a name of `MODELS`
-               ) -> type:
-    "The model class registered as `arch` (imported on demand: the models import this module, not the other way round)."
-    import importlib
-    from clad.models.base import MODEL_REGISTRY
-    if arch not in MODEL_REGISTRY: importlib.import_module(f'clad.models.{arch}')
-    return MODEL_REGISTRY[arch]
-
 def load_config(model:str|None=None, # model name; default: from the run JSON or common_param.json
                 run_json:str|Path|None=None, # a run configuration file (e.g. configurations/test_stfpm_ideal_replay.json)
                 overrides:dict|None=None, # explicit values, winning over every file
@@ -276,13 +225,13 @@ def load_config(model:str|None=None, # model name; default: from the run JSON or
     else: run_layer = None
     over = {k: v for k, v in (overrides or {}).items()}
     if model: over['architecture'] = model
-    arch, _ = _model_of(layers + ([run_layer] if run_layer else []) + [('overrides', over)])
+    arch, _, mcls = _model_of(layers + ([run_layer] if run_layer else []) + [('overrides', over)])
     mfile = cdir/'models'/f'{arch}.json'
     layers.append((str(mfile), _read_json(mfile)))
     if run_layer: layers.append(run_layer)
     layers.append(('overrides', over))
     top = {f.name for f in fields(Config)} - {'model_params', 'sources'}
-    pcls = MODEL_PARAMS[arch]; pnames = {f.name for f in fields(pcls)}
+    pcls = mcls.Params; pnames = {f.name for f in fields(pcls)}
     values, params, sources = {}, {}, {}
     for source, data in layers:
         for key, value in data.items():
@@ -294,12 +243,12 @@ def load_config(model:str|None=None, # model name; default: from the run JSON or
             else: _unknown_key(key, top | pnames, source)
     for k in ('architecture', 'sample_strategy', 'wandb_mode', 'anomaly_source'):
         if k in values: values[k] = values[k].lower()
-    mcls = model_class(arch)
+    if 'architecture' in values: values['architecture'] = arch  # the registry's spelling
     if 'sample_strategy' not in values:  # no layer names one: the strategy the model declares
         values['sample_strategy'] = mcls.default_strategy
         sources['sample_strategy'] = f'model default ({mcls.__module__}.{mcls.__qualname__}.default_strategy)'
     cfg = Config(**values, model_params=pcls(**params), sources=sources)
-    _check_ranges(cfg)
+    _check_ranges(cfg, mcls)
     return cfg
 
 # %% ../nbs/01_config.ipynb #a0fe245d

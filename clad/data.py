@@ -17,15 +17,15 @@ import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .core import CladError, atomic_write_text, numpy_rng
+from .core import CladError, atomic_write_text, numpy_rng, torch_generator
 
 # %% auto #0
 __all__ = ['MVTEC_OBJECTS', 'MVTEC_TEXTURES', 'MVTEC_CLASSES', 'CLAD_ORDER', 'IMAGE_EXTENSIONS', 'MVTEC_URL', 'DTD_URL',
            'TINY_IMAGENET_URL', 'VISA_CLASSES', 'VISA_URL', 'VISA_SPLIT', 'VISA_COLUMNS', 'IMAGENET_MEAN',
            'IMAGENET_STD', 'ImageRecord', 'read_image', 'read_mask', 'write_tiny_mvtec', 'write_tiny_visa',
            'dataset_layout', 'read_visa_split', 'list_categories', 'scan_category', 'Task', 'default_task_order',
-           'split_validation', 'make_task_stream', 'ImageTransform', 'AnomalyDataset', 'dataset_info',
-           'list_anomaly_sources', 'list_penalty_images']
+           'split_validation', 'make_task_stream', 'ImageTransform', 'AnomalyDataset', 'loader_settings',
+           'make_transform', 'make_loader', 'to_device', 'dataset_info', 'list_anomaly_sources', 'list_penalty_images']
 
 # %% ../nbs/02_data.ipynb #a010c947
 MVTEC_OBJECTS = ['bottle', 'cable', 'capsule', 'hazelnut', 'metal_nut', 'pill', 'screw', 'toothbrush', 'transistor', 'zipper']
@@ -423,6 +423,36 @@ class AnomalyDataset(Dataset):
         return dict(image=image, mask=mask, label=int(r.label), path=str(r.path), task=self.task_index, index=i)
 
     def __repr__(self): return f"AnomalyDataset({len(self)} images, task={self.task_index}, {self.transform})"
+
+# %% ../nbs/02_data.ipynb #b58d4831
+def loader_settings(cfg, # the run's configuration (`num_workers`)
+                    device:torch.device, # where the batches go
+                   ) -> dict:
+    "DataLoader keyword arguments for `device`: workers and pinned memory on CUDA."
+    n = cfg.num_workers if cfg.num_workers >= 0 else (min(4, torch.get_num_threads()) if torch.device(device).type == 'cuda' else 0)
+    return dict(num_workers=n, pin_memory=torch.device(device).type == 'cuda', persistent_workers=n > 0)
+
+def make_transform(cfg) -> ImageTransform:
+    "The model-input transform of a run (`img_size`, `crp_size`, `normalize`)."
+    return ImageTransform(cfg.img_size, cfg.crp_size or None, normalize=cfg.normalize)
+
+def make_loader(records, # `ImageRecord`s
+                cfg, # the run's configuration
+                device, # where the batches go
+                *purpose, # names the shuffling generator (e.g. 'train', step)
+                shuffle:bool=False, batch_size:int|None=None, drop_last:bool=False,
+                task_index:int|None=None, # task id stored in each item
+               ) -> torch.utils.data.DataLoader:
+    "A DataLoader over `records`; `purpose` names its shuffling generator."
+    ds = AnomalyDataset(records, make_transform(cfg), task_index=task_index)
+    g = torch_generator(cfg.seed, 'loader', *purpose) if shuffle else None
+    bs = min(batch_size or cfg.eval_batch_size, max(1, len(ds)))
+    return torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=shuffle, generator=g, drop_last=drop_last and len(ds) > bs,
+                                       **loader_settings(cfg, device))
+
+def to_device(batch:dict, device) -> dict:
+    "A collated batch with its tensors on `device` (asynchronously from pinned memory)."
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 # %% ../nbs/02_data.ipynb #4ac3abb5
 def _fingerprint(root:Path) -> str:

@@ -15,7 +15,7 @@ import resource
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import torch
 
 import clad
 from .core import CladError, atomic_write_bytes, atomic_write_json, atomic_write_text
+from .data import make_loader
 from .metrics import (METRICS, IMAGE_METRICS, PIXEL_METRICS, ScoreNormalizer, evaluate_task, fit_threshold,
                           pooled_metrics)
 
@@ -31,7 +32,8 @@ from .metrics import (METRICS, IMAGE_METRICS, PIXEL_METRICS, ScoreNormalizer, ev
 __all__ = ['RANDOM_BASELINES', 'SUMMARY_KEYS', 'SCHEMA_VERSION', 'RESULT_KEYS', 'POOLED_METRICS', 'COST_KEYS', 'MAIN_METRICS',
            'CLASS_KEYS', 'cl_summary', 'param_bytes', 'nbytes', 'peak_memory_mb', 'peak_cuda_mb', 'CostMeter',
            'environment_info', 'validate_results', 'load_results', 'plot_matrices', 'plot_avg_seen', 'save_gallery',
-           'metrics_csv', 'class_metrics_csv', 'write_results', 'find_joint_run', 'joint_finals', 'RunRecorder']
+           'metrics_csv', 'class_metrics_csv', 'write_results', 'find_joint_run', 'joint_finals', 'RunRecorder',
+           'Scored', 'score_records', 'class_metrics', 'pooled_over_models', 'StepEvaluation', 'evaluate_after_step']
 
 # %% ../nbs/06_evaluate.ipynb #f027fc9d
 RANDOM_BASELINES = {'image_auroc': 0.5, 'pixel_auroc': 0.5, 'pixel_aupro': 0.15}
@@ -502,3 +504,115 @@ class RunRecorder:
         "Write results.json, metrics.csv and figures/ to `run_dir`."
         if joint == 'auto': joint, class_joint = joint_finals(None if self.seen_all else run_dir)
         return write_results(run_dir, self.results(joint, class_joint), figures)
+
+# %% ../nbs/06_evaluate.ipynb #d0a56487
+@dataclass
+class Scored:
+    "Scores of one model on one set of images."
+    scores: np.ndarray # [N] raw image scores
+    maps: np.ndarray # [N,H,W] raw anomaly maps (float32)
+    labels: np.ndarray # [N] 0 good / 1 defect
+    masks: np.ndarray|None # [N,H,W] bool ground truth, None without masks
+    seconds: float # time spent in `predict`
+    routes: np.ndarray|None = None # [N] task memory each image was routed to, for models that route
+
+def score_records(model, # an `AnomalyModel`
+                  records:list, cfg, device, has_masks:bool=True) -> Scored:
+    "Score `records` with `model` (eval mode, batched)."
+    device = torch.device(device)
+    scores, maps, labels, masks, routes, secs = [], [], [], [], [], 0.0
+    for batch in make_loader(records, cfg, device, 'score'):
+        t0 = time.perf_counter()
+        p = model.predict(batch['image'].to(device, non_blocking=True))
+        if device.type == 'cuda': torch.cuda.synchronize(device)
+        secs += time.perf_counter() - t0
+        if p.route is not None: routes.append(p.route.cpu().numpy())
+        scores.append(p.scores.cpu().numpy()); maps.append(p.maps.cpu().numpy().astype(np.float32))
+        labels.append(batch['label'].numpy()); masks.append(batch['mask'][:, 0].numpy() > 0.5)
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0,))
+    return Scored(cat(scores), cat(maps), cat(labels), cat(masks) if has_masks else None, secs, cat(routes) if routes else None)
+
+def class_metrics(task, # the `Task` whose test images were scored
+                  test:Scored, # its scored test images (in `task.test` order)
+                  values:dict, reasons:dict, # the task's metrics from `evaluate_task` (reused for a one-class task)
+                  thresholds:tuple, # (image, pixel) thresholds fitted on the task's validation normals
+                 ) -> dict:
+    "class -> (values, reasons) on each class's own test images: the task's scores split by category, not scored again."
+    if len(task.categories) == 1: return {task.categories[0]: (values, reasons)}
+    cats = np.array([r.category for r in task.test]); out = {}
+    for c in task.categories:
+        i = np.flatnonzero(cats == c)
+        v, w = evaluate_task(test.scores[i], test.maps[i], test.labels[i], None if test.masks is None else test.masks[i], *thresholds)
+        if 'image_f1' in reasons and v.get('image_f1') is None: w.setdefault('image_f1', reasons['image_f1'])
+        out[c] = (v, w)
+    return out
+
+def pooled_over_models(seen:list, # the seen `Task`s
+                       scored:dict, # task index -> (test `Scored`, validation `Scored` or None)
+                       models:list, model_index, # the kept models; `model_index(task)` -> which one answers for a task
+                       cfg, device, several_models:bool, # one model per task (normalise and pick per image) or one model
+                      ) -> tuple[dict, dict]:
+    "Pooled task-agnostic metrics over the seen tasks' test images."
+    seen = [t for t in seen if t.index in scored]
+    if not several_models:
+        tests = [scored[t.index][0] for t in seen]
+        return pooled_metrics([s.scores for s in tests], [s.maps for s in tests], [s.labels for s in tests],
+                              None if any(s.masks is None for s in tests) else [s.masks for s in tests])
+    k_models = sorted({model_index(t.index) for t in seen})
+    norms = {}
+    for k in k_models:  # each model's normaliser from the validation normals of its own task
+        val = scored[k][1] if k in scored else None
+        norms[k] = ScoreNormalizer().fit(val.scores, val.maps) if val is not None else ScoreNormalizer()
+    scores, maps, labels, masks = [], [], [], []
+    for t in seen:
+        per_model = [(scored[t.index][0] if model_index(t.index) == k
+                      else score_records(models[k], t.test, cfg, device, has_masks=t.has_masks)) for k in k_models]
+        z = np.stack([norms[k].scores(s.scores) for k, s in zip(k_models, per_model)])  # [K, N]
+        best = z.argmin(0)
+        scores.append(z[best, np.arange(z.shape[1])])
+        maps.append(np.stack([norms[k_models[b]].maps(per_model[b].maps[i]) for i, b in enumerate(best)]))
+        labels.append(per_model[0].labels); masks.append(per_model[0].masks)
+    return pooled_metrics(scores, maps, labels, None if any(m is None for m in masks) else masks)
+
+@dataclass
+class StepEvaluation:
+    "Every task evaluated after one step: one row of each result matrix, per task and per class, and the pooled metrics."
+    rows: dict # task -> metric values
+    reasons: dict # task -> metric -> why a value is missing
+    class_rows: dict # class -> metric values
+    class_reasons: dict
+    pooled: dict # the pooled task-agnostic metrics over the seen tasks
+    pooled_reasons: dict
+    thresholds: dict # task -> dict(image, pixel), fitted on its validation normals
+    routing: dict # seen task -> share of its test images routed to its own memory (routing models only)
+    infer_seconds: float # time spent in `predict` on test images
+    infer_images: int
+    scored: dict # task -> (test Scored, validation Scored or None), for the gallery
+
+def evaluate_after_step(models:list, # the run's kept models
+                        model_index, # `model_index(task)` -> the index in `models` of the model that answers for a task
+                        eval_tasks:list, # the tasks to evaluate (every task, or the seen ones)
+                        seen_tasks:list, # the tasks seen so far (pooled metrics, routing accuracy)
+                        cfg, device,
+                        several_models:bool=False, # one model per task: the pooled metrics pick a model per image
+                       ) -> StepEvaluation:
+    "Score and evaluate every task of `eval_tasks` with the model that answers for it."
+    q = cfg.threshold_quantile; ev = StepEvaluation({}, {}, {}, {}, {}, {}, {}, {}, 0.0, 0, {})
+    seen = {t.index for t in seen_tasks}; per_class = {}
+    for task in eval_tasks:
+        model = models[model_index(task.index)]
+        val = score_records(model, task.val, cfg, device) if task.val else None
+        test = score_records(model, task.test, cfg, device, has_masks=task.has_masks)
+        ev.infer_seconds += test.seconds; ev.infer_images += len(task.test)
+        thr = (fit_threshold(val.scores, q), fit_threshold(val.maps, q)) if val is not None else (None, None)
+        values, reasons = evaluate_task(test.scores, test.maps, test.labels, test.masks, *thr)
+        if val is None: reasons.setdefault('image_f1', 'no validation normals (val_fraction = 0)')
+        ev.rows[task.index], ev.reasons[task.index] = values, reasons
+        per_class.update(class_metrics(task, test, values, reasons, thr))
+        ev.thresholds[task.index] = dict(image=thr[0], pixel=thr[1])
+        ev.scored[task.index] = (test, val)
+        if test.routes is not None and task.index in seen:  # task-identification accuracy of routing models
+            ev.routing[task.index] = float(np.mean(test.routes == task.index))
+    ev.class_rows = {c: v for c, (v, _) in per_class.items()}; ev.class_reasons = {c: w for c, (_, w) in per_class.items()}
+    ev.pooled, ev.pooled_reasons = pooled_over_models(seen_tasks, ev.scored, models, model_index, cfg, device, several_models)
+    return ev

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.util
+import itertools
 import json
 import math
 import sys
@@ -16,58 +17,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler
 
 from .core import (CladError, FolderLock, _behind, atomic_torch_save, atomic_write_json, default_device, derive_seed,
                        describe_holder, remove_partial_writes, seed_everything, torch_generator)
 from .config import Config, load_config, resolve_path, run_dir as config_run_dir
-from .data import AnomalyDataset, ImageTransform, Task, dataset_info, make_task_stream, read_image
+from .data import (Task, dataset_info, loader_settings, make_loader, make_task_stream, make_transform, read_image,
+                       to_device)
 from .metrics import ScoreNormalizer, evaluate_task, fit_threshold, pooled_metrics
-from .evaluate import (RunRecorder, environment_info, find_joint_run, joint_finals, load_results, param_bytes, peak_cuda_mb,
-                           peak_memory_mb, save_gallery, validate_results, write_results)
+from .evaluate import (RunRecorder, Scored, StepEvaluation, class_metrics, environment_info, evaluate_after_step, find_joint_run,
+                           joint_finals, load_results, param_bytes, peak_cuda_mb, peak_memory_mb, save_gallery, score_records,
+                           validate_results, write_results)
 from .tracking import make_tracker
 from .models.base import AnomalyModel, build_model, grad_scaler
 from .strategies import Step, Strategy, make_strategy
 
 
 # %% auto #0
-__all__ = ['loader_settings', 'make_transform', 'make_loader', 'replay_batches', 'StepLog', 'validation_loss', 'train_step',
-           'Scored', 'score_records', 'resolve_data_root', 'run_identity', 'identity_differences', 'RunFolderMismatch',
-           'show_progress', 'Experiment', 'class_metrics', 'evaluate_step', 'clear_run_folder', 'run', 'results_record',
-           'write', 'run_experiment']
-
-# %% ../nbs/30_experiment.ipynb #77e7b5ba
-def loader_settings(cfg:Config, device:torch.device) -> dict:
-    "DataLoader keyword arguments for `device`: workers and pinned memory on CUDA."
-    n = cfg.num_workers if cfg.num_workers >= 0 else (min(4, torch.get_num_threads()) if device.type == 'cuda' else 0)
-    return dict(num_workers=n, pin_memory=device.type == 'cuda', persistent_workers=n > 0)
-
-def make_transform(cfg:Config) -> ImageTransform:
-    "The model-input transform of a run."
-    return ImageTransform(cfg.img_size, cfg.crp_size or None, normalize=cfg.normalize)
-
-def make_loader(records, cfg:Config, device, *purpose, shuffle:bool=False, batch_size:int|None=None, drop_last:bool=False,
-                task_index:int|None=None) -> DataLoader:
-    "A DataLoader over `records`; `purpose` names its shuffling generator."
-    ds = AnomalyDataset(records, make_transform(cfg), task_index=task_index)
-    g = torch_generator(cfg.seed, 'loader', *purpose) if shuffle else None
-    bs = min(batch_size or cfg.eval_batch_size, max(1, len(ds)))
-    return DataLoader(ds, batch_size=bs, shuffle=shuffle, generator=g, drop_last=drop_last and len(ds) > bs,
-                      **loader_settings(cfg, device))
-
-# %% ../nbs/30_experiment.ipynb #1c23235d
-def _cat_batches(a:dict, b:dict) -> dict:
-    "Concatenate two collated batches field by field."
-    out = {}
-    for k, v in a.items():
-        out[k] = torch.cat([v, b[k]]) if isinstance(v, torch.Tensor) else list(v) + list(b[k])
-    return out
-
-def replay_batches(records, cfg:Config, device, step:int, n_per_batch:int):
-    "An endless iterator of replay batches of `n_per_batch` images drawn from `records`."
-    ds = AnomalyDataset(records, make_transform(cfg))
-    sampler = RandomSampler(ds, replacement=True, num_samples=10**9, generator=torch_generator(cfg.seed, 'replay_draw', step))
-    return iter(DataLoader(ds, batch_size=n_per_batch, sampler=sampler, **loader_settings(cfg, device)))
+__all__ = ['StepLog', 'validation_loss', 'train_step', 'resolve_data_root', 'run_identity', 'identity_differences',
+           'RunFolderMismatch', 'show_progress', 'RunState', 'Experiment', 'evaluate_step', 'clear_run_folder', 'run',
+           'results_record', 'write', 'run_experiment']
 
 # %% ../nbs/30_experiment.ipynb #3aafcc45
 @dataclass
@@ -80,17 +48,15 @@ class StepLog:
     train_seconds: float = 0.0 # training only (no validation, no evaluation)
     val_seconds: float = 0.0 # validation-loss passes for early stopping
     n_train: int = 0 # new training images
-    n_replay: int = 0 # images in the replay memory
-
-def _to_device(batch:dict, device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    n_replay: int = 0 # images the strategy keeps and mixes in (its memory)
+    extra_loss: list = field(default_factory=list) # the strategy's mean extra loss term per epoch (empty: it adds none)
 
 @torch.no_grad()
 def validation_loss(model:AnomalyModel, loader, device) -> float:
     "Mean validation loss over `loader`."
     model.eval(); total, n = 0.0, 0
     for batch in loader:
-        b = _to_device(batch, device)
+        b = to_device(batch, device)
         with model.autocast(): loss = model.validation_loss(b)
         total += float(loss) * len(batch['label']); n += len(batch['label'])
     return total / max(n, 1)
@@ -99,40 +65,41 @@ def validation_loss(model:AnomalyModel, loader, device) -> float:
 def train_step(model:AnomalyModel, # the model (already on `device`)
                optimizer, # its optimizer (None for memory-bank models)
                scheduler, # its learning-rate scheduler, or None
-               train_records:list, # new training images of the step
-               replay_records:list, # images replayed with them
-               val_records:list, # validation normals (early stopping)
-               cfg:Config, device:torch.device, step:int,
+               strategy:Strategy, # says what the step trains on, how batches are formed and what is added to the loss
+               step:Step, # the step being trained
+               cfg:Config, device:torch.device,
                on_epoch=None, # called as `on_epoch(epoch, log)` after every epoch (e.g. to update a progress bar)
               ) -> StepLog:
-    "Train `model` on one step; returns its `StepLog`."
-    log = StepLog(n_train=len(train_records), n_replay=len(replay_records))
+    "Train `model` on one step; returns its `StepLog`. The strategy's `before_step` has been called."
+    train_records, val_records = strategy.train_records(step), strategy.val_records(step)
+    log = StepLog(n_train=len(train_records), n_replay=len(strategy.replay_records()))
     if model.kind == 'memory':
         t0 = time.perf_counter()
-        model.fit(make_loader(train_records, cfg, device, 'fit', step))
+        model.fit(make_loader(train_records, cfg, device, 'fit', step.index))
         log.train_seconds = time.perf_counter() - t0
         return log
-    loader = make_loader(train_records, cfg, device, 'train', step, shuffle=True, batch_size=cfg.batch_size, drop_last=True)
-    val_loader = make_loader(val_records, cfg, device, 'val', step) if val_records else None
-    n_rep = math.ceil(cfg.replay_ratio * cfg.batch_size) if replay_records else 0
-    replay = replay_batches(replay_records, cfg, device, step, n_rep) if n_rep else None
+    loader = make_loader(train_records, cfg, device, 'train', step.index, shuffle=True, batch_size=cfg.batch_size, drop_last=True)
+    val_loader = make_loader(val_records, cfg, device, 'val', step.index) if val_records else None
     scaler = grad_scaler(device) if cfg.amp else None
     best, best_state, bad_epochs = math.inf, None, 0
     for epoch in range(cfg.num_epochs):
-        model.train(); t0 = time.perf_counter(); losses = []; stop = False
-        for i, batch in enumerate(loader):
-            if cfg.max_train_batches and i >= cfg.max_train_batches: break
-            if replay is not None: batch = _cat_batches(batch, next(replay))
-            batch = _to_device(batch, device)
+        model.train(); t0 = time.perf_counter(); losses, extras = [], []; stop = False
+        new_batches = itertools.islice(loader, cfg.max_train_batches) if cfg.max_train_batches else loader
+        for batch in strategy.batches(new_batches):
+            batch = to_device(batch, device)
             optimizer.zero_grad(set_to_none=True)
             with model.autocast(): loss = model.training_step(batch)
-            if not torch.isfinite(loss): raise FloatingPointError(f"step {step}, epoch {epoch}: training loss is {float(loss)}")
-            if scaler is not None: scaler.scale(loss).backward(); scaler.step(optimizer); scaler.update()
-            else: loss.backward(); optimizer.step()
+            extra = strategy.extra_loss(model, batch, loss)
+            total = loss if extra is None else loss + extra
+            if not torch.isfinite(total): raise FloatingPointError(f"step {step.index}, epoch {epoch}: training loss is {float(total)}")
+            if scaler is not None: scaler.scale(total).backward(); scaler.step(optimizer); scaler.update()
+            else: total.backward(); optimizer.step()
             losses.append(float(loss.detach()))
+            if extra is not None: extras.append(float(extra.detach()))
         if scheduler is not None: scheduler.step()
         log.train_seconds += time.perf_counter() - t0
         log.train_loss.append(float(np.mean(losses)) if losses else math.nan)
+        if extras: log.extra_loss.append(float(np.mean(extras)))
         if val_loader is not None and cfg.early_stopping:
             t0 = time.perf_counter(); v = validation_loss(model, val_loader, device); log.val_seconds += time.perf_counter() - t0
             log.val_loss.append(v)
@@ -147,32 +114,6 @@ def train_step(model:AnomalyModel, # the model (already on `device`)
     elif log.train_loss: log.best_epoch = len(log.train_loss) - 1
     return log
 
-
-# %% ../nbs/30_experiment.ipynb #9592b010
-@dataclass
-class Scored:
-    "Scores of one model on one set of images."
-    scores: np.ndarray # [N] raw image scores
-    maps: np.ndarray # [N,H,W] raw anomaly maps (float32)
-    labels: np.ndarray # [N] 0 good / 1 defect
-    masks: np.ndarray|None # [N,H,W] bool ground truth, None without masks
-    seconds: float # time spent in `predict`
-    routes: np.ndarray|None = None # [N] bank/Gaussian each image was routed to, for models that route
-
-def score_records(model:AnomalyModel, records:list, cfg:Config, device, has_masks:bool=True) -> Scored:
-    "Score `records` with `model` (eval mode, batched)."
-    scores, maps, labels, masks, routes, secs = [], [], [], [], [], 0.0
-    for batch in make_loader(records, cfg, device, 'score'):
-        t0 = time.perf_counter()
-        model.last_route = None
-        s, m = model.predict(batch['image'].to(device, non_blocking=True))
-        if device.type == 'cuda': torch.cuda.synchronize(device)
-        secs += time.perf_counter() - t0
-        if getattr(model, 'last_route', None) is not None: routes.append(model.last_route.cpu().numpy())
-        scores.append(s.cpu().numpy()); maps.append(m.cpu().numpy().astype(np.float32))
-        labels.append(batch['label'].numpy()); masks.append(batch['mask'][:, 0].numpy() > 0.5)
-    cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0,))
-    return Scored(cat(scores), cat(maps), cat(labels), cat(masks) if has_masks else None, secs, cat(routes) if routes else None)
 
 # %% ../nbs/30_experiment.ipynb #e3880f14
 def resolve_data_root(cfg:Config) -> Path:
@@ -286,6 +227,47 @@ def _progress_bar(total:int, initial:int, desc:str):
     return tqdm(total=total, initial=initial, desc=desc, unit='step')
 
 
+# %% ../nbs/30_experiment.ipynb #1999e5d3
+@dataclass
+class RunState:
+    "What a run has measured so far (saved with every checkpoint)."
+    next_step: int = 0 # the first step still to train
+    rows: dict = field(default_factory=dict) # step -> task -> metric values (a row of every result matrix)
+    reasons: dict = field(default_factory=dict) # step -> task -> metric -> why a value is missing
+    class_rows: dict = field(default_factory=dict) # step -> class -> metric values
+    class_reasons: dict = field(default_factory=dict)
+    pooled: dict = field(default_factory=dict) # step -> pooled task-agnostic metrics
+    pooled_reasons: dict = field(default_factory=dict)
+    thresholds: dict = field(default_factory=dict) # 'step/task' -> dict(image, pixel), from validation normals
+    routing: dict = field(default_factory=dict) # step -> seen task -> routing accuracy (routing models)
+    logs: list = field(default_factory=list) # a `StepLog` (as a dict) per step
+    train_seconds: list = field(default_factory=list) # per step
+    infer_seconds: float = 0.0 # in `predict` on test images, over the run
+    infer_images: int = 0
+    additional_bytes: list = field(default_factory=list) # the strategy's and the models' extra memory after each step
+    strategy_info: list = field(default_factory=list) # `strategy.describe()` after each step
+
+    def add_evaluation(self, step:int, ev:StepEvaluation):
+        "Record the evaluation after `step`."
+        self.rows[step], self.reasons[step] = ev.rows, ev.reasons
+        self.class_rows[step], self.class_reasons[step] = ev.class_rows, ev.class_reasons
+        self.pooled[step], self.pooled_reasons[step] = ev.pooled, ev.pooled_reasons
+        self.thresholds.update({f'{step}/{j}': t for j, t in ev.thresholds.items()})
+        if ev.routing: self.routing[step] = ev.routing
+        self.infer_seconds += ev.infer_seconds; self.infer_images += ev.infer_images
+
+    def add_step(self, log:StepLog, additional_bytes:int, strategy_info:dict):
+        "Record what training the step cost and what the strategy holds after it."
+        self.logs.append(dataclasses.asdict(log)); self.train_seconds.append(log.train_seconds)
+        self.additional_bytes.append(int(additional_bytes)); self.strategy_info.append(strategy_info)
+
+    @classmethod
+    def from_dict(cls, d:dict) -> 'RunState':
+        "The state saved in a checkpoint (`dataclasses.asdict`), checked field by field."
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown: raise CladError(f"run state: unknown field(s) {sorted(unknown)}")
+        return cls(**d)
+
 # %% ../nbs/30_experiment.ipynb #95171649
 class Experiment:
     "One run: a model, a strategy, a task stream and a seed."
@@ -302,10 +284,10 @@ class Experiment:
                                       val_fraction=cfg.val_fraction, seed=cfg.seed)
         self.strategy = make_strategy(cfg)
         self.steps = self.strategy.steps(self.tasks)
+        self.strategy.bind(self.device, self.run_dir)
         self.models: list[AnomalyModel] = []
         self.optimizer = self.scheduler = None
-        self.state = dict(next_step=0, rows={}, reasons={}, class_rows={}, class_reasons={}, pooled={}, pooled_reasons={}, logs=[], train_seconds=[],
-                          infer_seconds=0.0, infer_images=0, thresholds={}, additional_bytes=[], strategy_info=[])
+        self.state = RunState()
         self.saved_steps = 0  # steps whose checkpoint is on disk
         self._data_info, self._bar = None, None
 
@@ -331,7 +313,7 @@ class Experiment:
             torch.manual_seed(derive_seed(self.cfg.seed, 'model_init', step))
             model = build_model(self.cfg)
         model = model.to(self.device)
-        self.strategy.check(model)
+        self.strategy.configure_model(model)
         return model
 
     def _new_optimizer(self, model:AnomalyModel):
@@ -348,12 +330,12 @@ class Experiment:
 
     def save_checkpoint(self):
         "Everything needed to resume after the last finished step, written atomically."
-        atomic_torch_save(dict(version=2, identity=self.identity, state=self.state,
+        atomic_torch_save(dict(version=2, identity=self.identity, state=dataclasses.asdict(self.state),
                                models=[m.state_dict() for m in self.models],
                                optimizer=self.optimizer.state_dict() if self.optimizer is not None else None,
                                scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
                                strategy=self.strategy.state_dict(), rng=_rng_state()), self.checkpoint_path)
-        self.saved_steps = self.state['next_step']
+        self.saved_steps = self.state.next_step
 
     def load_checkpoint(self) -> bool:
         "Restore from `checkpoint.pt` if there is one; True when resumed."
@@ -380,7 +362,7 @@ class Experiment:
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
             if isinstance(e, CladError): raise
             raise CladError(f"{p}: cannot restore the run from this checkpoint ({_reason(e)}); {remedy}") from e
-        self.state = ck['state']; self.saved_steps = self.state['next_step']
+        self.state = RunState.from_dict(ck['state']); self.saved_steps = self.state.next_step
         return True
 
 def _reason(e:BaseException) -> str:
@@ -391,85 +373,34 @@ def _reason(e:BaseException) -> str:
 
 # %% ../nbs/30_experiment.ipynb #f7b0484c
 def _seen_tasks(self, step:Step) -> list[Task]:
-    "Tasks seen after `step` (all of them after a joint step)."
-    return self.tasks if self.strategy.name == 'multi_task' else self.tasks[:step.index + 1]
+    "Tasks seen after `step`, as the strategy says (all of them after a joint step)."
+    return self.strategy.seen_tasks(step)
 
 def _eval_tasks(self, step:Step) -> list[Task]:
     return _seen_tasks(self, step) if self.cfg.test_only_seen_tasks else self.tasks
 
-def class_metrics(task:Task, # the task whose test images were scored
-                  test:Scored, # its scored test images (in `task.test` order)
-                  values:dict, reasons:dict, # the task's metrics from `evaluate_task` (reused for a one-class task)
-                  thresholds:tuple, # (image, pixel) thresholds fitted on the task's validation normals
-                 ) -> dict:
-    "class -> (values, reasons) on each class's own test images: the task's scores split by category, not scored again."
-    if len(task.categories) == 1: return {task.categories[0]: (values, reasons)}
-    cats = np.array([r.category for r in task.test]); out = {}
-    for c in task.categories:
-        i = np.flatnonzero(cats == c)
-        v, w = evaluate_task(test.scores[i], test.maps[i], test.labels[i], None if test.masks is None else test.masks[i], *thresholds)
-        if 'image_f1' in reasons and v.get('image_f1') is None: w.setdefault('image_f1', reasons['image_f1'])
-        out[c] = (v, w)
-    return out
+def _model_index(self, step:Step):
+    "task index -> the index in `self.models` of the model that answers for it after `step`."
+    if self.strategy.keeps_models: return lambda j: self.strategy.model_index_for(j, step)
+    return lambda j: len(self.models) - 1
 
 def evaluate_step(self, step:Step, keep_for_gallery:bool=False) -> dict:
-    "Evaluate every task after `step`: one row of every result matrix (per task and per class), and the pooled metrics."
-    q = self.cfg.threshold_quantile; row, why, scored, per_class = {}, {}, {}, {}
-    for task in _eval_tasks(self, step):
-        model = self.model_for(task.index, step)
-        val = score_records(model, task.val, self.cfg, self.device) if task.val else None
-        test = score_records(model, task.test, self.cfg, self.device, has_masks=task.has_masks)
-        self.state['infer_seconds'] += test.seconds; self.state['infer_images'] += len(task.test)
-        thr = (fit_threshold(val.scores, q), fit_threshold(val.maps, q)) if val is not None else (None, None)
-        values, reasons = evaluate_task(test.scores, test.maps, test.labels, test.masks, *thr)
-        if val is None: reasons.setdefault('image_f1', 'no validation normals (val_fraction = 0)')
-        row[task.index], why[task.index] = values, reasons
-        per_class.update(class_metrics(task, test, values, reasons, thr))
-        self.state['thresholds'][f'{step.index}/{task.index}'] = dict(image=thr[0], pixel=thr[1])
-        scored[task.index] = (test, val)
-        if test.routes is not None and task in _seen_tasks(self, step):  # task-identification accuracy of routing models
-            self.state.setdefault('routing', {}).setdefault(step.index, {})[task.index] = float(np.mean(test.routes == task.index))
-    self.state['rows'][step.index], self.state['reasons'][step.index] = row, why
-    self.state.setdefault('class_rows', {})[step.index] = {c: v for c, (v, _) in per_class.items()}
-    self.state.setdefault('class_reasons', {})[step.index] = {c: w for c, (_, w) in per_class.items()}
-    self.state['pooled'][step.index], self.state['pooled_reasons'][step.index] = self._pooled(step, scored)
-    if keep_for_gallery: self._scored_last = scored
-    return row
+    "Evaluate every task after `step` (`clad.evaluate.evaluate_after_step`) and record it in the run state; returns the row."
+    ev = evaluate_after_step(self.models, _model_index(self, step), _eval_tasks(self, step), _seen_tasks(self, step), self.cfg,
+                             self.device, several_models=self.strategy.keeps_models)
+    self.state.add_evaluation(step.index, ev)
+    if keep_for_gallery: self._scored_last = ev.scored
+    return ev.rows
 
 Experiment._seen_tasks, Experiment._eval_tasks, Experiment.evaluate_step = _seen_tasks, _eval_tasks, evaluate_step
 
-# %% ../nbs/30_experiment.ipynb #7c089877
-def _pooled(self, step:Step, scored:dict) -> tuple[dict, dict]:
-    seen = [t for t in _seen_tasks(self, step) if t.index in scored]
-    if not self.strategy.keeps_models:
-        tests = [scored[t.index][0] for t in seen]
-        return pooled_metrics([s.scores for s in tests], [s.maps for s in tests], [s.labels for s in tests],
-                              None if any(s.masks is None for s in tests) else [s.masks for s in tests])
-    k_models = sorted({self.strategy.model_index_for(t.index, step) for t in seen})
-    norms = {}
-    for k in k_models:  # each model's normaliser from the validation normals of its own task
-        val = scored[k][1] if k in scored else None
-        norms[k] = ScoreNormalizer().fit(val.scores, val.maps) if val is not None else ScoreNormalizer()
-    scores, maps, labels, masks = [], [], [], []
-    for t in seen:
-        per_model = [(scored[t.index][0] if self.strategy.model_index_for(t.index, step) == k
-                      else score_records(self.models[k], t.test, self.cfg, self.device, has_masks=t.has_masks)) for k in k_models]
-        z = np.stack([norms[k].scores(s.scores) for k, s in zip(k_models, per_model)])  # [K, N]
-        best = z.argmin(0)
-        scores.append(z[best, np.arange(z.shape[1])])
-        maps.append(np.stack([norms[k_models[b]].maps(per_model[b].maps[i]) for i, b in enumerate(best)]))
-        labels.append(per_model[0].labels); masks.append(per_model[0].masks)
-    return pooled_metrics(scores, maps, labels, None if any(m is None for m in masks) else masks)
-
-Experiment._pooled = _pooled
-
 # %% ../nbs/30_experiment.ipynb #b746ac6b
 def _summary_line(self, step:Step, log:StepLog) -> str:
-    row = self.state['rows'][step.index]; seen = [t.index for t in _seen_tasks(self, step)]
+    row = self.state.rows[step.index]; seen = [t.index for t in _seen_tasks(self, step)]
     def avg(metric):
         v = [row[j][metric] for j in seen if j in row and row[j].get(metric) is not None]
         return f'{np.mean(v):.3f}' if v else 'n/a'
-    pooled = self.state['pooled'][step.index].get('image_auroc')
+    pooled = self.state.pooled[step.index].get('image_auroc')
     stop = f', early stop @{log.best_epoch + 1}' if log.stopped_early else ''
     return (f"[{self.cfg.architecture}/{self.cfg.sample_strategy} seed {self.cfg.seed}] step {step.index + 1}/{len(self.steps)} "
             f"{step.name}: train {log.train_seconds:.1f}s ({len(log.train_loss)} ep{stop}) | seen-task avg image AUROC {avg('image_auroc')}, "
@@ -502,7 +433,7 @@ def clear_run_folder(run_dir:str|Path):
     "What `overwrite` removes from a run folder: results, checkpoint, identity, replay lists and figures of an earlier run."
     run_dir = Path(run_dir)
     for name in ('results.json', 'metrics.csv', 'checkpoint.pt', 'run.json'): (run_dir/name).unlink(missing_ok=True)
-    for pattern in ('replay/step*.json', 'figures/*.png'):
+    for pattern in ('replay/step*.json', 'replay/images/*/*.jpg', 'figures/*.png'):
         for p in run_dir.glob(pattern): p.unlink(missing_ok=True)
 
 def _check_run_folder(self) -> dict|None:
@@ -530,9 +461,9 @@ def run(self) -> dict:
         if finished is not None: return finished
         resumed = self.load_checkpoint()  # (which compares the checkpoint's own identity)
         atomic_write_json(self.run_dir/'run.json', dict(self.identity, data_name=self.data_info['name'], data_path=self.data_info['path']))
-        if resumed: self.log(f"resuming {self.run_dir} after step {self.state['next_step']}/{len(self.steps)}")
+        if resumed: self.log(f"resuming {self.run_dir} after step {self.state.next_step}/{len(self.steps)}")
         if self.show_bar:
-            self._bar = _progress_bar(len(self.steps), self.state['next_step'],
+            self._bar = _progress_bar(len(self.steps), self.state.next_step,
                                       f'{self.cfg.architecture}/{self.cfg.sample_strategy} seed {self.cfg.seed}')
         try: return self._run_steps()
         finally:
@@ -540,32 +471,31 @@ def run(self) -> dict:
 
 def _run_steps(self) -> dict:
     self.tracker = make_tracker(self.cfg, self.run_dir); record = None
-    for step in self.steps[self.state['next_step']:]:
+    for step in self.steps[self.state.next_step:]:
         seed_everything(derive_seed(self.cfg.seed, 'step', step.index) % 2**31)
         if not self.models or self.strategy.needs_fresh_model(step): self.models.append(self._new_model(step.index))
         model = self.models[-1]
         self.optimizer, self.scheduler = self._new_optimizer(model)
-        train, replay, val = self.strategy.train_records(step), self.strategy.replay_records(), self.strategy.val_records(step)
+        train, val = self.strategy.train_records(step), self.strategy.val_records(step)
         self._status(f'{step.name}: training')
         model.begin_task(step.index, make_loader(train, self.cfg, self.device, 'begin', step.index))
+        self.strategy.before_step(step, model)
         def on_epoch(epoch, log, name=step.name):
             val_loss = f', val {log.val_loss[-1]:.4f}' if len(log.val_loss) == len(log.train_loss) else ''
             self._status(f'{name}: epoch {epoch + 1}/{self.cfg.num_epochs}, loss {log.train_loss[-1]:.4f}{val_loss}')
-        log = train_step(model, self.optimizer, self.scheduler, train, replay, val, self.cfg, self.device, step.index,
+        log = train_step(model, self.optimizer, self.scheduler, self.strategy, step, self.cfg, self.device,
                          on_epoch if self._bar is not None else None)
         model.end_task(step.index, make_loader(train, self.cfg, self.device, 'end', step.index))
-        if hasattr(model, 'calibrate') and val:  # e.g. EfficientAD's map-normalisation quantiles: validation normals, never test
+        if val:  # e.g. EfficientAD's map-normalisation quantiles: validation normals, never test (a no-op for most models)
             model.calibrate(make_loader(val, self.cfg, self.device, 'calibrate', step.index))
-        self.strategy.after_step(step)
-        if self.strategy.replay_records():  # which files the replay memory holds after this step
-            atomic_write_json(self.run_dir/'replay'/f'step{step.index}.json', self.strategy.state_dict())
+        self.strategy.after_step(step, model)
+        for name, data in self.strategy.step_files(step).items():  # e.g. which files the replay memory holds after this step
+            atomic_write_json(self.run_dir/name, data)
         last = step.index == self.steps[-1].index
         self._status(f'{step.name}: evaluating')
         self.evaluate_step(step, keep_for_gallery=last)
-        self.state['logs'].append(vars(log)); self.state['train_seconds'].append(log.train_seconds)
-        self.state['additional_bytes'].append(self.strategy.memory_bytes() + sum(m.memory_bytes() for m in self.models))
-        self.state['strategy_info'].append(self.strategy.describe())
-        self.state['next_step'] = step.index + 1
+        self.state.add_step(log, self.strategy.memory_bytes() + sum(m.memory_bytes() for m in self.models), self.strategy.describe())
+        self.state.next_step = step.index + 1
         record = self.results_record(complete=last)
         self.write(record, gallery=last)
         self.save_checkpoint()
@@ -585,29 +515,29 @@ Experiment._check_run_folder = _check_run_folder
 def results_record(self, complete:bool) -> dict:
     "The results record of the run so far."
     rec = RunRecorder(self.cfg.to_dict(), [t.name for t in self.tasks], n_steps=len(self.steps),
-                      seen_all=self.strategy.name == 'multi_task', environment=environment_info(self.device),
+                      seen_all=self.strategy.joint, environment=environment_info(self.device),
                       data=dict(self.data_info, tasks=[dict(name=t.name, categories=t.categories, train=len(t.train),
                                 val=len(t.val), test=len(t.test), test_defect=sum(r.label for r in t.test), has_masks=t.has_masks)
                                 for t in self.tasks]),
                       weights=self.models[-1].weights_info() if self.models else {},
                       classes={c: t.index for t in self.tasks for c in t.categories},
                       class_test_images={c: sum(r.category == c for r in t.test) for t in self.tasks for c in t.categories})
-    for t, row in self.state['rows'].items():
-        for j, values in row.items(): rec.add_row(int(t), int(j), values, self.state['reasons'][t][j])
-    for t, row in self.state.get('class_rows', {}).items():
-        for c, values in row.items(): rec.add_class_row(int(t), c, values, self.state['class_reasons'][t][c])
-    for t, values in self.state['pooled'].items(): rec.add_pooled(int(t), values, self.state['pooled_reasons'][t])
-    n_inf = self.state['infer_images']
-    rec.add_cost(dict(train_seconds=self.state['train_seconds'], train_seconds_total=float(sum(self.state['train_seconds'])),
-                      inference_ms_per_image=1000 * self.state['infer_seconds'] / n_inf if n_inf else None,
+    for t, row in self.state.rows.items():
+        for j, values in row.items(): rec.add_row(int(t), int(j), values, self.state.reasons[t][j])
+    for t, row in self.state.class_rows.items():
+        for c, values in row.items(): rec.add_class_row(int(t), c, values, self.state.class_reasons[t][c])
+    for t, values in self.state.pooled.items(): rec.add_pooled(int(t), values, self.state.pooled_reasons[t])
+    n_inf = self.state.infer_images
+    rec.add_cost(dict(train_seconds=self.state.train_seconds, train_seconds_total=float(sum(self.state.train_seconds)),
+                      inference_ms_per_image=1000 * self.state.infer_seconds / n_inf if n_inf else None,
                       param_mb=sum(param_bytes(m) for m in self.models) / 2**20,
-                      additional_memory_mb=self.state['additional_bytes'][-1] / 2**20 if self.state['additional_bytes'] else None,
-                      additional_memory_mb_per_step=[b / 2**20 for b in self.state['additional_bytes']],
+                      additional_memory_mb=self.state.additional_bytes[-1] / 2**20 if self.state.additional_bytes else None,
+                      additional_memory_mb_per_step=[b / 2**20 for b in self.state.additional_bytes],
                       peak_memory_mb=peak_memory_mb(), peak_cuda_mb=peak_cuda_mb(self.device), device=str(self.device)))
-    out = rec.results(*joint_finals(None if self.strategy.name == 'multi_task' else self.run_dir))
-    out.update(status='complete' if complete else 'running', steps=[s.name for s in self.steps], training=self.state['logs'],
-               strategy=self.state['strategy_info'], thresholds=self.state['thresholds'], run_dir=str(self.run_dir),
-               routing_accuracy={str(t): {str(j): a for j, a in r.items()} for t, r in self.state.get('routing', {}).items()})
+    out = rec.results(*joint_finals(None if self.strategy.joint else self.run_dir))
+    out.update(status='complete' if complete else 'running', steps=[s.name for s in self.steps], training=self.state.logs,
+               strategy=self.state.strategy_info, thresholds=self.state.thresholds, run_dir=str(self.run_dir),
+               routing_accuracy={str(t): {str(j): a for j, a in r.items()} for t, r in self.state.routing.items()})
     return out
 
 def write(self, record:dict, gallery:bool=False):
@@ -628,7 +558,7 @@ def _write_gallery(self):
         images = [(transform.denormalize(transform(read_image(task.test[i].path))).clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
                   if self.cfg.normalize else (transform(read_image(task.test[i].path)).clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
                   for i in order]
-        thr = self.state['thresholds'].get(f'{last}/{task.index}', {}).get('pixel')
+        thr = self.state.thresholds.get(f'{last}/{task.index}', {}).get('pixel')
         save_gallery(self.run_dir, task.name, images, None if test.masks is None else [test.masks[i] for i in order],
                      [test.maps[i] for i in order], thr, scores=[test.scores[i] for i in order])
     self._scored_last = None

@@ -24,13 +24,13 @@ from .config import load_config, project_root, run_dir as config_run_dir
 
 # %% auto #0
 __all__ = ['SWEEP_KEYS', 'SLURM_KEYS', 'EXECUTORS', 'SLURM_WATCHER', 'STUB_TEMPLATE', 'notebook_parameters', 'Sweep',
-           'load_sweep', 'Point', 'sweep_points', 'point_run_dir', 'run_point', 'machine_workers', 'slurm_queue',
-           'QueueWatcher', 'make_executor', 'read_state', 'write_state', 'param_changes', 'changed_points', 'plan',
-           'run_sweep', 'write_stub_template', 'main']
+           'load_sweep', 'Point', 'applicable', 'sweep_points', 'point_run_dir', 'run_point', 'machine_workers',
+           'slurm_queue', 'QueueWatcher', 'make_executor', 'read_state', 'write_state', 'param_changes',
+           'changed_points', 'plan', 'run_sweep', 'write_stub_template', 'main']
 
 # %% ../nbs/40_sweep.ipynb #58ab49b5
 SWEEP_KEYS = dict(name=str, grid=dict, fixed=dict, executor=str, max_workers=int, timeout_min=(int, float), slurm=dict,
-                  output_dir=str, notebook=str)
+                  output_dir=str, notebook=str, applicable_only=bool)
 SLURM_KEYS = dict(partition=str, time_min=(int, float), gpus_per_node=int, cpus_per_task=int, mem_gb=(int, float),
                   array_parallelism=int)
 EXECUTORS = ('local', 'slurm')
@@ -67,6 +67,7 @@ class Sweep:
     slurm: dict = field(default_factory=dict) # Slurm settings (SLURM_KEYS)
     output_dir: str = 'output' # where run folders and the sweep folder go
     notebook: str = 'nbs/run_experiment.ipynb' # the papermill template
+    applicable_only: bool = False # leave out the points whose model does not support their strategy
     root: Path = field(default_factory=Path.cwd) # folder relative paths are resolved against
 
     def path(self, p:str|Path) -> Path: p = Path(os.path.expanduser(str(p))); return p if p.is_absolute() else self.root/p
@@ -126,6 +127,12 @@ class Point:
     notebook: Path # the output notebook
     run_dir: Path # where the run writes results.json
 
+def applicable(params:dict) -> bool:
+    "Whether the point's model declares its strategy (a point without a strategy takes the model's default, which it does)."
+    from clad.models.base import model_class
+    strategy = str(params.get('strategy') or '').lower()
+    return not strategy or strategy in model_class(params['model']).supported_strategies
+
 def sweep_points(sw:Sweep) -> list[Point]:
     "Every point of the grid, with its parameters, output notebook and run folder."
     keys = list(sw.grid)
@@ -133,6 +140,7 @@ def sweep_points(sw:Sweep) -> list[Point]:
     out, names = [], set()
     for values in itertools.product(*(sw.grid[k] for k in keys)):
         p = dict(sw.fixed) | dict(zip(keys, values))
+        if sw.applicable_only and not applicable(p): continue
         tail = '_'.join(f'{k}-{_slug(p[k])}' for k in extra)
         out_dir = sw.path(sw.output_dir)/tail if tail else sw.path(sw.output_dir)
         p['output_dir'] = str(out_dir)

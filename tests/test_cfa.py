@@ -35,8 +35,8 @@ def test_shapes(imgs):
     with pytest.raises(CladError, match='begin_task'): m.predict(imgs[:1])
     m.begin_task(0, loader_of(imgs))
     assert m.bank.shape == (256, 448)
-    s, a = m.predict(imgs[:3])
-    assert s.shape == (3,) and a.shape == (3, 64, 64) and torch.isfinite(a).all()
+    p = m.predict(imgs[:3]); s, a = p.scores, p.maps
+    assert p.route is None and s.shape == (3,) and a.shape == (3, 64, 64) and torch.isfinite(a).all()
     assert torch.allclose(s, a.flatten(1).amax(1))
 
 
@@ -90,7 +90,7 @@ def test_kmeans_seeded_deterministic_and_size():
 def test_bank_equal_weight_per_task_not_per_batch():
     g = torch.Generator().manual_seed(2)
     t0, t1 = torch.randn(4, 3, 64, 64, generator=g), torch.randn(12, 3, 64, 64, generator=g) + 1
-    m = tiny(bank_mode='per_task')
+    m = tiny(memory_update='grow')
     m.begin_task(0, loader_of(t0)); m.begin_task(1, loader_of(t1))  # 1 batch, then 3 batches
     p0, p1 = m.patch_features(t0).mean(0), m.patch_features(t1).mean(0)
     with torch.no_grad():
@@ -105,7 +105,7 @@ def test_bank_equal_weight_per_task_not_per_batch():
 def test_bank_recomputed_with_current_descriptor():
     g = torch.Generator().manual_seed(3)
     t0, t1 = torch.randn(4, 3, 64, 64, generator=g), torch.randn(4, 3, 64, 64, generator=g)
-    m = tiny(bank_mode='per_task')
+    m = tiny(memory_update='grow')
     m.begin_task(0, loader_of(t0))
     with torch.no_grad():
         m.descriptor.conv.weight.add_(0.05 * torch.randn_like(m.descriptor.conv.weight))
@@ -124,13 +124,13 @@ def test_replace_mode_keeps_only_current_step(imgs):
 
 
 def test_state_dict_round_trip(imgs, tmp_path):
-    m = tiny(bank_mode='per_task')
+    m = tiny(memory_update='grow')
     m.begin_task(0, loader_of(imgs[:4])); m.begin_task(1, loader_of(imgs[4:]))
     torch.save(m.state_dict(), tmp_path / 'cfa.pt')
-    fresh = tiny(seed=9, bank_mode='per_task')
+    fresh = tiny(seed=9, memory_update='grow')
     fresh.load_state_dict(torch.load(tmp_path / 'cfa.pt', weights_only=True))
     assert fresh.task_ids.tolist() == [0, 1] and torch.equal(fresh.bank, m.bank) and torch.equal(fresh.radius, m.radius)
-    assert torch.equal(fresh.predict(imgs[:2])[1], m.predict(imgs[:2])[1])
+    assert torch.equal(fresh.predict(imgs[:2]).maps, m.predict(imgs[:2]).maps)
     assert fresh.memory_bytes() == m.memory_bytes() > 0
 
 
@@ -139,12 +139,12 @@ def test_from_config_honours_fields():
                           weights_path='', lr=5e-3, amp=False, seed=1, sample_strategy='replay',
                           model_params=SimpleNamespace(gamma_c=2, gamma_d=2, weight_decay=1e-2))
     m = build_model(cfg)
-    assert (m.bank_mode, m.gamma_c, m.gamma_d, m.layers) == ('per_task', 2, 2, ['layer1', 'layer2'])
+    assert (m.memory_update, m.gamma_c, m.gamma_d, m.layers) == ('replace', 2, 2, ['layer1', 'layer2'])  # the strategy sets it
     assert m.descriptor.conv.out_channels == (64 + 128) // 2
     opt, _ = m.configure_optimizer()
     assert (opt.defaults['lr'], opt.defaults['weight_decay']) == (5e-3, 1e-2)
-    for s in ('naive', 'cumulative', 'multi_task', 'single_model'):
-        assert build_model(SimpleNamespace(**{**vars(cfg), 'sample_strategy': s})).bank_mode == 'replace'
+    m.set_memory_update('grow'); assert m.memory_update == 'grow'
+    with pytest.raises(CladError, match="memory update 'budget' is not supported; it supports replace, grow"): m.set_memory_update('budget', 10)
     real = load_config('cfa', overrides=dict(device='cpu'))
     assert (real.model_params.gamma_c, real.model_params.gamma_d, real.model_params.weight_decay, real.lr) == (1, 1, 5e-4, 1e-3)
 
@@ -156,7 +156,7 @@ def test_cuda_amp(imgs):
     loss = m.training_step({'image': imgs[:4].cuda()})
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
-    s, a = m.predict(imgs[:2].cuda())
+    a = m.predict(imgs[:2].cuda()).maps
     assert a.dtype == torch.float32 and torch.isfinite(a).all()
 
 

@@ -1,8 +1,11 @@
 """Config errors: every bad input names the field and the file it came from."""
 import json
 import pytest
-from clad.config import load_config, parse_overrides, MODELS, STRATEGIES, project_root
+from clad.config import load_config, parse_overrides, project_root, strategy_names
 from clad.core import CladError
+from clad.models.base import available_models
+
+SEVEN = ('stfpm', 'patchcore', 'padim', 'cfa', 'draem', 'fastflow', 'efficientad')
 
 
 def write(tmp_path, data, name='run.json'):
@@ -13,7 +16,7 @@ def write(tmp_path, data, name='run.json'):
 
 def test_every_model_has_defaults_and_a_paper_config():
     root = project_root()
-    for m in MODELS:
+    for m in SEVEN:
         assert load_config(m).architecture == m
         cfg = load_config(run_json=root / 'configurations' / f'test_{m}_ideal_replay.json')
         assert cfg.architecture == m and cfg.data_path == 'data/mvtec'
@@ -36,8 +39,20 @@ def test_layer_order_and_sources(tmp_path):
     ({'num_tasks': -2}, "field 'num_tasks' = -2 is invalid"),
     ({'img_size': 0}, "field 'img_size' = 0 is invalid"),
     ({'crp_size': 300, 'img_size': 256}, "field 'crp_size' = 300 is invalid"),
-    ({'sample_strategy': 'ewc'}, "expected one of naive, replay, multi_task, single_model, cumulative, cl"),
-    ({'architecture': 'vae'}, "expected one of stfpm, patchcore, padim, cfa, draem, fastflow, efficientad"),
+    ({'sample_strategy': 'nosuch'}, "field 'sample_strategy' = 'nosuch' is invalid; expected one of naive, replay"),
+    ({'sample_strategy': 'cl'}, "field 'sample_strategy' = 'cl' is not supported by model 'stfpm'"),
+    ({'architecture': 'vae'}, "field 'architecture' = 'vae' is not a model; expected one of cfa, draem, efficientad, fastflow, padim, patchcore, stfpm"),
+    ({'ewc_lambda': -1.0}, "field 'ewc_lambda' = -1.0 is invalid; expected ewc_lambda >= 0"),
+    ({'ewc_gamma': 0.0}, "field 'ewc_gamma' = 0.0 is invalid; expected 0 < ewc_gamma <= 1"),
+    ({'ewc_gamma': 1.5}, "field 'ewc_gamma' = 1.5 is invalid"),
+    ({'lwf_alpha': -0.1}, "field 'lwf_alpha' = -0.1 is invalid; expected lwf_alpha >= 0"),
+    ({'derpp_alpha': -0.1}, "field 'derpp_alpha' = -0.1 is invalid; expected derpp_alpha >= 0"),
+    ({'derpp_beta': -0.1}, "field 'derpp_beta' = -0.1 is invalid; expected derpp_beta >= 0"),
+    ({'mem_size_mb': 0}, "field 'mem_size_mb' = 0.0 is invalid; expected mem_size_mb > 0"),
+    ({'replay_jpeg_quality': 101}, "field 'replay_jpeg_quality' = 101 is invalid; expected 1 <= replay_jpeg_quality <= 100"),
+    ({'replay_jpeg_quality': 0.5}, "field 'replay_jpeg_quality' must be int, got float"),
+    ({'replay_scale': 0}, "field 'replay_scale' = 0.0 is invalid; expected 0 < replay_scale <= 1"),
+    ({'replay_scale': 1.01}, "field 'replay_scale' = 1.01 is invalid"),
     ({'f_coreset': 0.1}, "unknown field 'f_coreset'"),  # a PatchCore field in an STFPM run
 ])
 def test_bad_input_names_field_and_file(tmp_path, data, msg):
@@ -48,12 +63,26 @@ def test_bad_input_names_field_and_file(tmp_path, data, msg):
     assert str(run) in str(e.value)
 
 
-def test_strategy_case_insensitive_and_cl_refused():
+def test_strategy_case_insensitive_and_checked_against_the_model():
     assert load_config('stfpm', overrides={'sample_strategy': 'Naive'}).sample_strategy == 'naive'
     assert load_config('patchcore', overrides={'sample_strategy': 'CL'}).sample_strategy == 'cl'
-    with pytest.raises(CladError, match="stfpm has no such update"):
+    with pytest.raises(CladError) as e:
         load_config('stfpm', overrides={'sample_strategy': 'cl'})
-    assert set(STRATEGIES) == {'naive', 'replay', 'multi_task', 'single_model', 'cumulative', 'cl'}
+    assert str(e.value) == ("overrides: field 'sample_strategy' = 'cl' is not supported by model 'stfpm' (clad.models.stfpm.STFPMModel); "
+                            f"it supports {', '.join(available_models()['stfpm'].supported_strategies)}")
+    with pytest.raises(CladError, match="'replay' is not supported by model 'padim'"):
+        load_config('padim', overrides={'sample_strategy': 'replay'})
+    from clad.strategies import STRATEGY_CLASSES
+    assert strategy_names() == tuple(STRATEGY_CLASSES)  # no list of its own
+
+
+def test_new_strategy_fields_default_and_load(tmp_path):
+    cfg = load_config('stfpm')
+    assert (cfg.ewc_lambda, cfg.ewc_gamma, cfg.lwf_alpha, cfg.derpp_alpha, cfg.derpp_beta, cfg.mem_size_mb,
+            cfg.replay_jpeg_quality, cfg.replay_scale) == (100.0, 1.0, 1.0, 0.5, 0.5, 1.0, 75, 0.5)
+    run = write(tmp_path, {'architecture': 'stfpm', 'ewc_lambda': 5, 'replay_scale': 1, 'mem_size_mb': 0.25})
+    cfg = load_config(run_json=run)
+    assert (cfg.ewc_lambda, cfg.replay_scale, cfg.mem_size_mb) == (5.0, 1.0, 0.25) and cfg.sources['ewc_lambda'] == str(run)
 
 
 def test_missing_and_malformed_files(tmp_path):
@@ -76,16 +105,15 @@ def test_overrides_are_json_typed():
 
 
 def test_each_model_runs_its_declared_default_strategy():
-    from clad.models.base import MODEL_REGISTRY
-    from clad.config import model_class
+    from clad.models.base import MODEL_REGISTRY, model_class
     expected = dict(stfpm='replay', patchcore='cl', padim='cl', cfa='replay', draem='replay', fastflow='replay', efficientad='replay')
-    for m in MODELS:
+    for m in SEVEN:
         cls = model_class(m)
         assert MODEL_REGISTRY[m] is cls and cls.default_strategy == expected[m]
         cfg = load_config(m)
         assert cfg.sample_strategy == expected[m]
         assert cfg.sources['sample_strategy'] == f'model default ({cls.__module__}.{cls.__qualname__}.default_strategy)'
-        assert cfg.sample_strategy in cls.supported_strategies()
+        assert cfg.sample_strategy in cls.supported_strategies and type(cfg.model_params) is cls.Params
     assert 'sample_strategy' not in json.loads((project_root() / 'configurations' / 'common_param.json').read_text())
 
 

@@ -54,10 +54,10 @@ def test_registry_and_shapes(batch):
     assert m.kind == 'trained' and not m.supports_cl_update and m.memory_bytes() == 0
     rec, logits = m(batch['image'])
     assert rec.shape == (4, 3, 64, 64) and logits.shape == (4, 2, 64, 64)
-    scores, maps = m.train().predict(batch['image'])
+    pred = m.train().predict(batch['image']); scores, maps = pred.scores, pred.maps
     assert scores.shape == (4,) and maps.shape == (4, 64, 64) and scores.dtype == maps.dtype == torch.float32
     assert maps.min() >= 0 and maps.max() <= 1 and m.training  # softmax probabilities; mode restored
-    assert m.predict(torch.rand(2, 3, 40, 72))[1].shape == (2, 40, 72)  # sides not multiples of 32
+    assert m.predict(torch.rand(2, 3, 40, 72)).maps.shape == (2, 40, 72)  # sides not multiples of 32
     # module names are anomalib's (its DraemModel state dict loads into ours)
     keys = set(m.state_dict())
     assert 'reconstructive_subnetwork.encoder.block1.0.weight' in keys
@@ -186,7 +186,7 @@ def test_scheduler_resets_per_configure_optimizer():
 
 def test_image_score_is_max_of_21x21_average(batch):
     m = tiny()
-    scores, maps = m.predict(batch['image'])
+    pred = m.predict(batch['image']); scores, maps = pred.scores, pred.maps
     ref = F.avg_pool2d(maps[:, None], 21, stride=1, padding=10).flatten(1).amax(1)
     assert torch.allclose(scores, ref)
     hot = torch.zeros(1, 64, 64)
@@ -228,7 +228,7 @@ def test_state_dict_round_trip(batch):
         opt.step()
     c = tiny(seed=4)
     c.load_state_dict(a.state_dict())
-    assert torch.equal(a.predict(batch['image'])[1], c.predict(batch['image'])[1])
+    assert torch.equal(a.predict(batch['image']).maps, c.predict(batch['image']).maps)
 
 
 def test_config_fields_honoured():

@@ -37,7 +37,7 @@ def test_shapes():
         assert t(x).shape == (2, 8, 8, 8) and s(x).shape == (2, 16, 8, 8)
     assert AutoEncoder(8).eval()(x).shape == (2, 8, 8, 8)
     m = EfficientADModel(out_channels=8, pretrained=False)
-    scores, maps = m.predict(x)
+    pred = m.predict(x); scores, maps = pred.scores, pred.maps
     assert scores.shape == (2,) and maps.shape == (2, 64, 64)
 
 
@@ -92,12 +92,12 @@ def test_quantiles_come_from_calibration_loader(tiny):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 64, 64, generator=g)
     m.begin_task(0, _loader(x))
-    raw = m.predict(x)[1]
+    raw = m.predict(x).maps
     m.calibrate(_loader(torch.randn(2, 3, 64, 64, generator=g)))
-    q1, maps1 = m.map_quantiles.clone(), m.predict(x)[1]
+    q1, maps1 = m.map_quantiles.clone(), m.predict(x).maps
     assert not torch.equal(raw, maps1)
     m.calibrate(_loader(torch.randn(2, 3, 64, 64, generator=g) * 3))
-    assert not torch.equal(m.map_quantiles, q1) and not torch.equal(m.predict(x)[1], maps1)
+    assert not torch.equal(m.map_quantiles, q1) and not torch.equal(m.predict(x).maps, maps1)
     # defective validation images (label 1) are not used
     m.calibrate([{'image': torch.randn(2, 3, 64, 64, generator=g) * 3, 'label': torch.tensor([0, 1])}])
     assert bool(m.calibrated)
@@ -110,7 +110,7 @@ def test_state_dict_round_trip(tiny):
     m2 = _model(tiny[0], seed=7)
     m2.load_state_dict(m.state_dict())
     assert m2.teacher_stats_set and bool(m2.calibrated)
-    assert torch.equal(m.predict(x)[1], m2.predict(x)[1])
+    assert torch.equal(m.predict(x).maps, m2.predict(x).maps)
 
 
 def test_training_step_any_batch_size(tiny):

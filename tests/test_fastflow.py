@@ -45,7 +45,7 @@ def test_registry_and_shapes(batch):
     assert [tuple(z.shape) for z in zs] == [(4, 64, 16, 16), (4, 128, 8, 8), (4, 256, 4, 4)]
     assert all(j.shape == (4,) for j in jacs) and all(z.dtype == torch.float32 for z in zs)
     m.train()
-    scores, maps = m.predict(batch['image'])
+    pred = m.predict(batch['image']); scores, maps = pred.scores, pred.maps
     assert scores.shape == (4,) and maps.shape == (4, 64, 64) and scores.dtype == maps.dtype == torch.float32
     assert torch.isfinite(maps).all() and (maps <= 0).all() and (maps >= -1).all()
     assert torch.allclose(scores, maps.flatten(1).amax(1))
@@ -155,8 +155,8 @@ def test_state_dict_round_trip(batch, tmp_path):
     torch.save(m.state_dict(), tmp_path / 'ck.pt')
     n = build_model(make_cfg(seed=2))  # other permutations and weights: all restored from the file
     n.load_state_dict(torch.load(tmp_path / 'ck.pt'))
-    s1, m1 = m.predict(batch['image'])
-    s2, m2 = n.predict(batch['image'])
+    pred = m.predict(batch['image']); s1, m1 = pred.scores, pred.maps
+    pred = n.predict(batch['image']); s2, m2 = pred.scores, pred.maps
     assert torch.equal(s1, s2) and torch.equal(m1, m2)
     assert any(k.endswith('perm') for k in m.state_dict())
 

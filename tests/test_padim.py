@@ -12,8 +12,8 @@ from clad.models.base import MODEL_REGISTRY, build_model
 from clad.models.padim import PadimModel, accumulate_sums, gaussian_from_sums, mahalanobis, random_channel_subset
 
 
-def tiny(mode='replace', d=24, **kw):
-    return PadimModel('resnet18', pretrained=False, d_reduced=d, mode=mode, **kw)
+def tiny(update='replace', d=24, **kw):
+    return PadimModel('resnet18', pretrained=False, d_reduced=d, memory_update=update, **kw)
 
 
 def images(n, shift=0., seed=0, size=64):
@@ -26,11 +26,11 @@ def test_registry_and_modes():
                           model_params=SimpleNamespace(d_reduced=16))
     m = build_model(cfg)
     assert MODEL_REGISTRY['padim'] is PadimModel and m.kind == 'memory' and m.supports_cl_update
-    assert m.mode == 'incremental' and m.embedding.dim == 16
-    assert build_model(SimpleNamespace(**{**vars(cfg), 'cl': False})).mode == 'per_task'
-    for s in ('naive', 'multi_task', 'single_model', 'cumulative'):
-        assert build_model(SimpleNamespace(**{**vars(cfg), 'sample_strategy': s})).mode == 'replace'
-    with pytest.raises(CladError, match='mode'): PadimModel('resnet18', pretrained=False, mode='nope')
+    assert m.memory_update == 'replace' and m.embedding.dim == 16  # the strategy sets the memory update, not the configuration
+    for mode in ('budget', 'grow', 'replace'):
+        m.set_memory_update(mode, budget=10); assert m.memory_update == mode
+    with pytest.raises(CladError, match="unknown mode 'incremental'"): m.set_memory_update('incremental')
+    with pytest.raises(CladError, match="unknown mode 'nope'"): PadimModel('resnet18', pretrained=False, memory_update='nope')
 
 
 def test_channel_subset_seeded_and_capped():
@@ -45,11 +45,11 @@ def test_channel_subset_seeded_and_capped():
 def test_shapes_and_scores():
     m = tiny()
     m.fit([images(6, seed=1), {'image': images(4, seed=2)}])
-    s, a = m.predict(images(3, seed=4))
-    assert s.shape == (3,) and a.shape == (3, 64, 64) and s.dtype == a.dtype == torch.float32
+    p = m.predict(images(3, seed=4)); s, a = p.scores, p.maps
+    assert p.route is None and s.shape == (3,) and a.shape == (3, 64, 64) and s.dtype == a.dtype == torch.float32
     assert torch.allclose(s, a.flatten(1).amax(1)) and (a >= 0).all()
-    assert m.predict(images(2, seed=4, size=64)[..., :64])[1].shape == (2, 64, 64)
-    far = m.predict(images(3, shift=3., seed=4))[0]
+    assert m.predict(images(2, seed=4, size=64)[..., :64]).maps.shape == (2, 64, 64)
+    far = m.predict(images(3, shift=3., seed=4)).scores
     assert (far > s).all()
     assert m.memory_bytes() == 256 * 24 * 4 + 256 * 24 * 24 * 4 + 2 * 8
     with pytest.raises(CladError, match='grid'): m.predict(images(1, size=96))
@@ -73,7 +73,7 @@ def test_sums_match_torch_cov():
 
 def test_incremental_equals_joint():
     tasks = [[images(4, shift=s, seed=10 * t + i) for i in range(3)] for t, s in enumerate((0., 1.5, -1.))]
-    inc = tiny('incremental')
+    inc = tiny('budget')
     for t in tasks: inc.fit(t)
     joint = tiny('replace'); joint.fit([b for t in tasks for b in t])
     assert float(inc.n_seen) == 36
@@ -81,18 +81,17 @@ def test_incremental_equals_joint():
     scale = joint.whitens.abs().max()
     assert torch.allclose(inc.whitens / scale, joint.whitens / scale, atol=1e-5)
     x = images(3, shift=0.5, seed=99)
-    assert torch.allclose(inc.predict(x)[1], joint.predict(x)[1], rtol=1e-4, atol=1e-4)
+    assert torch.allclose(inc.predict(x).maps, joint.predict(x).maps, rtol=1e-4, atol=1e-4)
     assert inc.memory_bytes() > joint.memory_bytes()  # the float64 sums
 
 
 def test_per_task_routing_and_naive_replaces():
-    pt = tiny('per_task')
+    pt = tiny('grow')
     data = {0: -2., 1: 0., 2: 2.}
     for t, s in data.items(): pt.fit([images(8, shift=s, seed=t)])
     assert pt.num_gaussians == 3
     x = torch.cat([images(2, shift=s, seed=50 + t) for t, s in data.items()])
-    pt.predict(x)
-    assert pt.last_route.tolist() == [0, 0, 1, 1, 2, 2]
+    assert pt.predict(x).route.tolist() == [0, 0, 1, 1, 2, 2]
     nv = tiny()
     nv.fit([images(8, shift=-2., seed=0)]); first = nv.means.clone()
     nv.fit([images(8, shift=2., seed=1)])
@@ -100,13 +99,13 @@ def test_per_task_routing_and_naive_replaces():
     assert nv.num_gaussians == 1 and not torch.allclose(nv.means, first) and torch.equal(nv.means, fresh.means)
 
 
-@pytest.mark.parametrize('mode', ['replace', 'incremental', 'per_task'])
+@pytest.mark.parametrize('mode', ['replace', 'budget', 'grow'])
 def test_state_dict_round_trip(mode):
     m = tiny(mode)
     m.fit([images(5, seed=1)]); m.fit([images(5, shift=1., seed=2)])
     r = tiny(mode); r.load_state_dict(m.state_dict())
     x = images(3, seed=7)
-    assert torch.equal(m.predict(x)[1], r.predict(x)[1]) and m.memory_bytes() == r.memory_bytes()
+    assert torch.equal(m.predict(x).maps, r.predict(x).maps) and m.memory_bytes() == r.memory_bytes()
     m.fit([images(4, seed=3)]); r.fit([images(4, seed=3)])  # resuming continues identically
     assert torch.equal(m.means, r.means) and torch.equal(m.whitens, r.whitens)
 

@@ -77,14 +77,14 @@ def test_shapes_fit_predict():
     assert m.embed(images(2)).shape == (2, 384, 8, 8)
     m.fit([{'image': images(3)}])
     assert m.bank_sizes.tolist() == [int(3 * 64 * 0.1)] and m.memory_bytes() == 19 * 384 * 4 + 8
-    s, a = m.predict(images(2, seed=1, size=96))
-    assert s.shape == (2,) and a.shape == (2, 96, 96) and s.dtype == a.dtype == torch.float32
-    assert m.last_route.tolist() == [0, 0]
+    p = m.predict(images(2, seed=1, size=96))
+    assert p.scores.shape == (2,) and p.maps.shape == (2, 96, 96) and p.scores.dtype == p.maps.dtype == torch.float32
+    assert p.route.tolist() == [0, 0]
 
 
 def test_memory_updates_and_routing():
     tasks = [images(4, seed=10 + t, shift=3. * t) for t in range(3)]
-    mr, ma, mb = tiny('replace'), tiny('append'), tiny('budget', mem_size_cl=50)
+    mr, ma, mb = tiny('replace'), tiny('grow'), tiny('budget', mem_size_cl=50)
     for t, x in enumerate(tasks):
         for m in (mr, ma, mb):
             m.begin_task(t); m.fit([x])
@@ -96,20 +96,19 @@ def test_memory_updates_and_routing():
     assert ma.memory_bytes() > mr.memory_bytes()
     for m in (ma, mb):
         for t in range(3):
-            m.predict(images(3, seed=30 + t, shift=3. * t))
-            assert m.last_route.tolist() == [t] * 3
+            assert m.predict(images(3, seed=30 + t, shift=3. * t)).route.tolist() == [t] * 3
 
 
 def test_state_dict_round_trip():
-    m = tiny('append')
+    m = tiny('grow')
     for t in range(2):
         m.begin_task(t); m.fit([images(3, seed=t, shift=2. * t)])
-    fresh = tiny('append')
+    fresh = tiny('grow')
     fresh.load_state_dict(m.state_dict())
     assert torch.equal(fresh.bank_sizes, m.bank_sizes) and torch.equal(fresh.memory_bank, m.memory_bank)
     x = images(4, seed=9, shift=2.)
-    (s1, a1), (s2, a2) = m.predict(x), fresh.predict(x)
-    assert torch.equal(s1, s2) and torch.equal(a1, a2) and torch.equal(m.last_route, fresh.last_route)
+    p1, p2 = m.predict(x), fresh.predict(x)
+    assert torch.equal(p1.scores, p2.scores) and torch.equal(p1.maps, p2.maps) and torch.equal(p1.route, p2.route)
 
 
 def test_from_config():
@@ -119,10 +118,12 @@ def test_from_config():
                  model_params=SimpleNamespace(f_coreset=0.05, coreset_eps=0.5, num_neighbors=3))
         d.update(kw); return SimpleNamespace(**d)
     m = build_model(cfg())
-    assert (m.memory_update, m.f_coreset, m.coreset_eps, m.num_neighbors, m.mem_size_cl) == ('replace', 0.05, 0.5, 3, 77)
-    assert build_model(cfg(sample_strategy='cl')).memory_update == 'budget'
-    assert build_model(cfg(sample_strategy='cl', cl=False)).memory_update == 'append'
-    with pytest.raises(CladError, match='memory_update'): tiny('grow')
+    assert (m.memory_update, m.f_coreset, m.coreset_eps, m.num_neighbors) == ('replace', 0.05, 0.5, 3)
+    assert build_model(cfg(sample_strategy='cl')).memory_update == 'replace'  # the strategy sets it, not the configuration
+    m.set_memory_update('budget', budget=77)
+    assert (m.memory_update, m.mem_size_cl) == ('budget', 77)
+    with pytest.raises(CladError, match='patch budget'): m.set_memory_update('budget')
+    with pytest.raises(CladError, match="unknown mode 'append'"): tiny('append')
 
 
 @pytest.fixture(scope='module')

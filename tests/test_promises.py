@@ -6,6 +6,7 @@ plus the score, it records every training batch's files, the files of its valida
 and its only weight `w` grows by exactly 1 per batch (SGD, lr 1, loss -w) while its validation loss is (w - 3)², so the
 best epoch is known. `tools/fault_injection.py` plants bugs in a copy of the package and checks that these tests catch them.
 """
+import dataclasses
 import json
 from pathlib import Path
 
@@ -33,10 +34,17 @@ def probe_outputs(images:torch.Tensor, uid:int) -> tuple[torch.Tensor, torch.Ten
     return s + OFFSET * uid, x + s[:, None, None] + OFFSET * uid  # the image's score shifts its map: no uint8 plateaus
 
 
+@dataclasses.dataclass
+class ProbeParams:
+    "The probe has no parameters of its own."
+
+
 @register_model(PROBE)
 class ProbeModel(AnomalyModel):
     "A deterministic stand-in that records what the loop makes it do."
     kind = 'trained'
+    Params = ProbeParams
+    supported_strategies = ('naive', 'replay', 'multi_task', 'single_model', 'cumulative', 'ewc', 'lwf', 'derpp', 'compressed_replay')
     created: list = []  # every instance, in creation order (cleared by the `probe` fixture)
     val_target = 3.0
 
@@ -284,6 +292,6 @@ def test_padim_cl_keeps_exact_running_statistics_of_every_seen_task(tiny_data, t
                             layers=['layer1', 'layer2']), progress=False, log=lambda s: None)
     rec = exp.run()
     m, = exp.models
-    assert m.mode == 'incremental' and float(m.n_seen) == sum(len(t.train) for t in exp.tasks)
+    assert m.memory_update == 'budget' and float(m.n_seen) == sum(len(t.train) for t in exp.tasks)
     per_step = rec['cost']['additional_memory_mb_per_step']
     assert per_step[0] > 0 and per_step == [per_step[0]] * 3  # fixed memory, whatever the number of tasks

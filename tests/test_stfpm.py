@@ -49,13 +49,13 @@ def test_optimizer_honours_config():
 
 def test_predict_shapes(batch):
     m = build_model(make_cfg()).train()
-    scores, maps = m.predict(batch['image'])
+    pred = m.predict(batch['image']); scores, maps = pred.scores, pred.maps
     assert scores.shape == (4,) and maps.shape == (4, 64, 64)
     assert scores.dtype == maps.dtype == torch.float32 and not scores.requires_grad
     assert torch.allclose(scores, maps.flatten(1).amax(1)) and (maps >= 0).all()
     assert m.training and m.student.training and not m.teacher.training  # mode restored, teacher always eval
     # non-square input: the map follows the input size
-    assert m.predict(torch.randn(2, 3, 64, 96))[1].shape == (2, 64, 96)
+    assert m.predict(torch.randn(2, 3, 64, 96)).maps.shape == (2, 64, 96)
 
 
 def test_training_loss_decreases_teacher_frozen(batch):
@@ -81,7 +81,7 @@ def test_loss_zero_when_student_is_teacher(batch):
     m = build_model(make_cfg())
     m.student.net = copy.deepcopy(m.teacher.net)  # the teacher network itself (frozen extractors are BN-folded)
     assert m.validation_loss(batch).item() == pytest.approx(0, abs=1e-6)
-    assert m.predict(batch['image'])[1].abs().max().item() == pytest.approx(0, abs=1e-6)
+    assert m.predict(batch['image']).maps.abs().max().item() == pytest.approx(0, abs=1e-6)
 
 
 def test_loss_and_map_values():
@@ -113,8 +113,8 @@ def test_state_dict_round_trip(batch, tmp_path):
     torch.save(m.state_dict(), tmp_path / 'ck.pt')
     n = build_model(make_cfg(seed=2))
     n.load_state_dict(torch.load(tmp_path / 'ck.pt'))
-    s1, m1 = m.predict(batch['image'])
-    s2, m2 = n.predict(batch['image'])
+    pred = m.predict(batch['image']); s1, m1 = pred.scores, pred.maps
+    pred = n.predict(batch['image']); s2, m2 = pred.scores, pred.maps
     assert torch.equal(s1, s2) and torch.equal(m1, m2)
 
 
@@ -122,7 +122,7 @@ def test_amp_helpers_noop_on_cpu(batch):
     assert isinstance(autocast_context('cpu', True), contextlib.nullcontext)
     assert not grad_scaler('cpu', True).is_enabled()
     on, off = build_model(make_cfg(amp=True)), build_model(make_cfg(amp=False))
-    assert torch.equal(on.predict(batch['image'])[1], off.predict(batch['image'])[1])
+    assert torch.equal(on.predict(batch['image']).maps, off.predict(batch['image']).maps)
 
 
 def test_weights_info_and_sizes():
@@ -135,7 +135,7 @@ def test_weights_info_and_sizes():
 def test_lite0_pretrained_teacher_offline():
     m = build_model(make_cfg(backbone='tf_efficientnet_lite0', pretrained=True))
     assert m.weights_info()['source'].startswith('imagenet')
-    scores, maps = m.predict(torch.randn(2, 3, 64, 64))
+    pred = m.predict(torch.randn(2, 3, 64, 64)); scores, maps = pred.scores, pred.maps
     assert scores.shape == (2,) and maps.shape == (2, 64, 64) and torch.isfinite(maps).all()
 
 
@@ -156,15 +156,15 @@ def test_cuda_amp_training_step(batch):
     loss = m.training_step({'image': batch['image'].cuda()})
     assert loss.dtype == torch.float32
     scaler.scale(loss).backward(); scaler.step(opt); scaler.update()
-    scores, maps = m.predict(batch['image'].cuda())
+    pred = m.predict(batch['image'].cuda()); scores, maps = pred.scores, pred.maps
     assert scores.dtype == maps.dtype == torch.float32 and maps.shape == (4, 64, 64)
 
 
 def test_channels_last_gives_same_predictions(batch):
     m = build_model(make_cfg())
-    s1, m1 = m.predict(batch['image'])
+    pred = m.predict(batch['image']); s1, m1 = pred.scores, pred.maps
     m = m.to(memory_format=torch.channels_last)
-    s2, m2 = m.predict(batch['image'].contiguous(memory_format=torch.channels_last))
+    pred = m.predict(batch['image'].contiguous(memory_format=torch.channels_last)); s2, m2 = pred.scores, pred.maps
     assert torch.allclose(m1, m2, atol=1e-5, rtol=1e-4) and torch.allclose(s1, s2, atol=1e-5, rtol=1e-4)
     loss = m.training_step(batch)
     loss.backward()

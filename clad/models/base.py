@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+from dataclasses import dataclass, is_dataclass
 from typing import Any, Callable
 
 import torch
@@ -16,8 +17,9 @@ from torch import nn
 from ..core import CladError
 
 # %% auto #0
-__all__ = ['MODEL_REGISTRY', 'amp_dtype', 'autocast_context', 'grad_scaler', 'AnomalyModel', 'batch_images', 'register_model',
-           'build_model', 'GaussianBlur2d']
+__all__ = ['MEMORY_UPDATES', 'MODEL_REGISTRY', 'amp_dtype', 'autocast_context', 'grad_scaler', 'Prediction', 'AnomalyModel',
+           'GrowingBuffers', 'batch_images', 'register_model', 'available_models', 'model_class', 'build_model',
+           'GaussianBlur2d']
 
 # %% ../../nbs/10_models.base.ipynb #34489a85
 def amp_dtype(device:str|torch.device, # where the computation runs
@@ -41,8 +43,18 @@ def grad_scaler(device:str|torch.device, # where the computation runs
     "A loss scaler, active only for fp16 autocast (bf16 and fp32 need none)."
     return torch.amp.GradScaler('cuda', enabled=bool(enabled) and amp_dtype(device) == torch.float16)
 
+# %% ../../nbs/10_models.base.ipynb #b75cb995
+@dataclass
+class Prediction:
+    "What `AnomalyModel.predict` returns for a batch of B images."
+    scores: torch.Tensor # [B] float32 raw image scores (higher: more anomalous)
+    maps: torch.Tensor # [B,H,W] float32 raw anomaly maps at the input size
+    route: torch.Tensor|None = None # [B] long: the task memory each image was routed to; None for models that don't route
+
 # %% ../../nbs/10_models.base.ipynb #2ac991f0
 def _tensor_bytes(ts) -> int: return sum(t.numel() * t.element_size() for t in ts)
+
+MEMORY_UPDATES = ('replace', 'grow', 'budget') # the vocabulary of `AnomalyModel.set_memory_update`
 
 class AnomalyModel(nn.Module):
     "Base class of all anomaly models: the interface the experiment loop calls."
@@ -50,12 +62,10 @@ class AnomalyModel(nn.Module):
     supports_cl_update:bool = False # True when the model merges its memory/statistics across tasks itself
     default_strategy:str = 'replay' # the continual strategy of a run whose configuration names none
     name:str = '' # the registry name, set by `register_model`
-
-    @classmethod
-    def supported_strategies(cls) -> tuple[str, ...]:
-        "The continual strategies that can drive this model: `replay` needs optimiser steps, `cl` the model's own memory update."
-        return tuple(s for s in ('naive', 'replay', 'multi_task', 'single_model', 'cumulative', 'cl')
-                     if (s != 'replay' or cls.kind == 'trained') and (s != 'cl' or cls.supports_cl_update))
+    Params:type|None = None # the dataclass of its own parameters (`cfg.model_params`); `register_model` requires one
+    supported_strategies:tuple[str, ...] = () # the continual strategies that can drive it: every model declares its own
+    memory_updates:tuple[str, ...] = ('replace',) # the memory updates it can run (see `set_memory_update`)
+    memory_update:str = 'replace' # the one it runs, set by the strategy through `set_memory_update`
 
     def __init__(self, amp:bool=False, # autocast forward passes when on CUDA
                 ):
@@ -101,26 +111,56 @@ class AnomalyModel(nn.Module):
     def end_task(self, task_index:int, train_loader=None) -> None:
         "Called after learning task `task_index`."
 
+    def calibrate(self, val_loader) -> None:
+        "Called after learning a step that has validation normals, with their loader (e.g. to fit map normalisation); no-op by default."
+
+    def set_memory_update(self, mode:str, # 'replace', 'grow' or 'budget'
+                          budget:int|None=None, # the size of the memory under 'budget' (the model says in which unit)
+                         ) -> None:
+        "How later fits combine their memory with the one held (told by the strategy before learning starts)."
+        if mode not in MEMORY_UPDATES: raise CladError(f"{type(self).__name__}.set_memory_update: unknown mode {mode!r}; expected one of {MEMORY_UPDATES}")
+        if self.memory_updates == ('replace',): return  # no memory of its own (the weights are everything): nothing to keep apart
+        if mode not in self.memory_updates:
+            raise CladError(f"{type(self).__name__}: memory update {mode!r} is not supported; it supports {', '.join(self.memory_updates)}")
+        self.memory_update = mode
+
+    # --- outputs for output distillation (LwF, DER++)
+    has_outputs:bool = False # whether the class implements `outputs` (set for every subclass by `__init_subclass__`)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.has_outputs = cls.outputs is not AnomalyModel.outputs
+
+    def outputs(self, images:torch.Tensor, # [B,C,H,W] model inputs
+               ) -> list[torch.Tensor]:
+        "The tensors the model's own loss compares: float32, differentiable, in the current mode, no random draws."
+        raise NotImplementedError(f"{type(self).__name__} has no outputs(): the output-distilling strategies (lwf, derpp) "
+                                  f"need a trained model that implements it")
+
     # --- scoring
-    def _predict(self, images:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        "Model-specific scoring, called by `predict` in eval mode without gradients."
+    def _predict(self, images:torch.Tensor) -> tuple[torch.Tensor, ...]:
+        "Model-specific scoring, called by `predict` in eval mode without gradients: `(scores, maps)`, or `(scores, maps, route)` for a model that routes."
         raise NotImplementedError
 
     def predict(self, images:torch.Tensor, # [B,C,H,W] model inputs
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        "Raw image scores `[B]` and anomaly maps `[B,H,W]` at the input size (float32, eval mode, no gradients)."
+               ) -> Prediction:
+        "Raw image scores `[B]`, anomaly maps `[B,H,W]` at the input size (float32) and the route of a routing model (eval mode, no gradients)."
         if images.ndim != 4: raise CladError(f"predict: expected images of shape [B,C,H,W], got {tuple(images.shape)}")
         was_training = self.training
         self.eval()
         try:
-            with torch.no_grad():
-                scores, maps = self._predict(images.to(self.device))
+            with torch.no_grad(): out = self._predict(images.to(self.device))
         finally: self.train(was_training)
+        if not isinstance(out, (tuple, list)) or len(out) not in (2, 3):
+            raise RuntimeError(f"{type(self).__name__}._predict: expected (scores, maps) or (scores, maps, route), got {type(out).__name__}")
+        scores, maps, route = out if len(out) == 3 else (*out, None)
         B, H, W = images.shape[0], images.shape[-2], images.shape[-1]
         if maps.ndim == 4 and maps.shape[1] == 1: maps = maps[:, 0]
         if tuple(maps.shape) != (B, H, W) or tuple(scores.shape) != (B,):
             raise RuntimeError(f"{type(self).__name__}._predict returned scores {tuple(scores.shape)} and maps {tuple(maps.shape)}, expected ({B},) and ({B}, {H}, {W})")
-        return scores.float(), maps.float()
+        if route is not None and tuple(route.shape) != (B,):
+            raise RuntimeError(f"{type(self).__name__}._predict returned a route of shape {tuple(route.shape)}, expected ({B},)")
+        return Prediction(scores.float(), maps.float(), None if route is None else route.long())
 
     # --- accounting
     def param_bytes(self) -> int:
@@ -134,6 +174,23 @@ class AnomalyModel(nn.Module):
     def weights_info(self) -> dict:
         "Where the model's pretrained weights come from (backbone, source), for the run record."
         return dict(backbone=getattr(self, 'backbone_name', None), source=None)
+
+# %% ../../nbs/10_models.base.ipynb #7c81073a
+class GrowingBuffers:
+    "Mixin (before `AnomalyModel`) for buffers that change shape as tasks arrive: checkpoint loading and `memory_bytes`."
+    growing_buffers:tuple[str, ...] = () # names of the buffers that change shape
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a fresh model's buffers are empty: take the checkpoint's shapes before the default in-place copy
+        for name in self.growing_buffers:
+            if prefix + name in state_dict:
+                src = state_dict[prefix + name]
+                self._buffers[name] = torch.empty(src.shape, dtype=src.dtype, device=self._buffers[name].device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def memory_bytes(self) -> int:
+        "Bytes of the growing buffers (banks, statistics): the memory the model keeps besides its weights."
+        return _tensor_bytes(getattr(self, n) for n in self.growing_buffers)
 
 # %% ../../nbs/10_models.base.ipynb #790bb0ab
 def batch_images(batch) -> torch.Tensor:
@@ -154,24 +211,41 @@ def register_model(name:str, # the `cfg.architecture` value that selects the mod
         # re-running a notebook cell or reloading a module redefines the same class: allow that, refuse a clash
         if old is not None and old.__qualname__ != cls.__qualname__:
             raise CladError(f"register_model: {name!r} is already taken by {old.__module__}.{old.__qualname__}")
-        if cls.default_strategy not in cls.supported_strategies():
-            raise CladError(f"register_model({name!r}): default_strategy {cls.default_strategy!r} is not one it supports: {cls.supported_strategies()}")
+        if cls.default_strategy not in cls.supported_strategies:
+            raise CladError(f"register_model({name!r}): default_strategy {cls.default_strategy!r} is not in its supported_strategies {cls.supported_strategies}")
+        if not (isinstance(cls.Params, type) and is_dataclass(cls.Params)):
+            raise CladError(f"register_model({name!r}): {cls.__qualname__}.Params must be the dataclass of its own parameters "
+                            f"(the fields of configurations/models/{name}.json that are not Config fields), got {cls.Params!r}")
         cls.name = name; MODEL_REGISTRY[name] = cls
         return cls
     return _reg
 
+def _import_model_modules() -> None:
+    "Import every module of the `clad.models` package but this one: each registers the model it defines."
+    import pkgutil
+    import clad.models as package
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name != 'base' and not info.name.startswith('_'): importlib.import_module(f'{package.__name__}.{info.name}')
+
+def available_models() -> dict[str, type]:
+    "Every registered model by name (sorted): the modules of `clad.models`, imported here, and any registered from outside."
+    _import_model_modules()
+    return {n: MODEL_REGISTRY[n] for n in sorted(MODEL_REGISTRY)}
+
+def model_class(name:str, # a registry name (case-insensitive), e.g. `cfg.architecture`
+               ) -> type:
+    "The model class registered as `name`; a `CladError` that lists the available models when there is none."
+    key = str(name or '').strip().lower()
+    if not key: raise CladError("architecture: expected a model name, got nothing")
+    if key not in MODEL_REGISTRY: _import_model_modules()
+    if key not in MODEL_REGISTRY:
+        raise CladError(f"architecture: unknown model {name!r}; available: {', '.join(available_models()) or 'none registered'}")
+    return MODEL_REGISTRY[key]
+
 def build_model(cfg, # a config with at least `architecture` (the model reads the fields it needs)
                ) -> AnomalyModel:
     "Build the model named by `cfg.architecture` (on the CPU; the caller seeds first and moves it to its device)."
-    name = str(getattr(cfg, 'architecture', '') or '').strip().lower()
-    if not name: raise CladError("architecture: expected a model name, got nothing")
-    if name not in MODEL_REGISTRY:
-        try: importlib.import_module(f'clad.models.{name}')
-        except ModuleNotFoundError as e:
-            if e.name != f'clad.models.{name}': raise  # a missing dependency inside the module, not a missing model
-    if name not in MODEL_REGISTRY:
-        raise CladError(f"architecture: unknown model {name!r}; available: {sorted(MODEL_REGISTRY) or 'none registered'}")
-    return MODEL_REGISTRY[name].from_config(cfg)
+    return model_class(getattr(cfg, 'architecture', '')).from_config(cfg)
 
 # %% ../../nbs/10_models.base.ipynb #526baaf3
 class GaussianBlur2d(nn.Module):

@@ -5,6 +5,7 @@
 # %% ../../nbs/16_models.cfa.ipynb #5cdb6674
 from __future__ import annotations
 import math
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
@@ -13,11 +14,11 @@ from torch import nn
 
 from ..backbones import FeatureExtractor
 from ..core import CladError, derive_seed
-from .base import AnomalyModel, GaussianBlur2d, batch_images, register_model
+from .base import AnomalyModel, GaussianBlur2d, GrowingBuffers, batch_images, register_model
 
 # %% auto #0
-__all__ = ['BANK_MODES', 'patch_features', 'add_coords', 'CoordConv2d', 'squared_distances', 'kmeans', 'CFALoss',
-           'cfa_patch_scores', 'CFAModel']
+__all__ = ['patch_features', 'add_coords', 'CoordConv2d', 'squared_distances', 'kmeans', 'CFALoss', 'cfa_patch_scores',
+           'CfaParams', 'CFAModel']
 
 # %% ../../nbs/16_models.cfa.ipynb #650abf6e
 def patch_features(features:Sequence[torch.Tensor], # backbone maps, finest first, `[B,C_l,H_l,W_l]`
@@ -135,15 +136,30 @@ def cfa_patch_scores(distances:torch.Tensor, # `[B,T,M]` squared distances
     d = distances.float().topk(min(k, distances.shape[-1]), dim=-1, largest=False).values.clamp_min(0).sqrt()
     return F.softmin(d, dim=-1)[..., 0] * d[..., 0]
 
-# %% ../../nbs/16_models.cfa.ipynb #9e21f7bb
-BANK_MODES = ('replace', 'per_task')
-_BANK_BUFFERS = ('task_means', 'task_ids', 'bank')
+# %% ../../nbs/16_models.cfa.ipynb #9c210d86
+@dataclass
+class CfaParams:
+    "CFA: descriptor compression and memory-bank size."
+    gamma_c: int = 1 # memory compression (>1: k-means to HW/gamma_c centroids)
+    gamma_d: int = 1 # descriptor compression (channels / gamma_d)
+    weight_decay: float = 5e-4 # AdamW weight decay
+    num_nearest_neighbors: int = 3 # K attracting neighbours of the soft-boundary loss
+    num_hard_negatives: int = 3 # J repelling neighbours
+    radius: float = 1e-5 # initial hypersphere radius r (learnable)
+    nu: float = 1e-3 # loss scale 1/nu
+    alpha: float = 0.1 # repulsion margin
+    sigma: float = 4.0 # Gaussian smoothing of the anomaly map, in pixels
 
+# %% ../../nbs/16_models.cfa.ipynb #9e21f7bb
 @register_model('cfa')
-class CFAModel(AnomalyModel):
+class CFAModel(GrowingBuffers, AnomalyModel):
     "CFA: frozen backbone, trainable CoordConv descriptor, a memory bank of centroids and a soft-boundary loss."
+    Params = CfaParams # its own parameters, `cfg.model_params` (from configurations/models/cfa.json)
     kind = 'trained'
     default_strategy = 'replay' # image replay, as in the paper's runs
+    supported_strategies = ('naive', 'replay', 'multi_task', 'single_model', 'cumulative', 'ewc', 'lwf', 'derpp', 'compressed_replay')
+    memory_updates = ('replace', 'grow') # 'grow': the equal-weight bank over every task seen
+    growing_buffers = ('task_means', 'task_ids', 'bank') # the per-task statistics and the bank built from them
 
     def __init__(self, backbone:str='wide_resnet50_2', # timm name of the frozen feature extractor
                  layers:Sequence[str]=('layer1', 'layer2', 'layer3'), # tapped levels, finest first
@@ -159,15 +175,15 @@ class CFAModel(AnomalyModel):
                  nu:float=1e-3, # loss scale 1/nu
                  alpha:float=0.1, # repulsion margin
                  sigma:float=4.0, # Gaussian smoothing of the map, px
-                 bank_mode:str='replace', # 'replace' (bank of the current step) or 'per_task' (equal-weight over tasks)
+                 memory_update:str='replace', # 'replace' (bank of the current step) or 'grow' (equal weight over the tasks seen)
                  kmeans_max_iter:int=3000, # Lloyd iterations at most (gamma_c > 1)
                  amp:bool=False, # autocast forward passes on CUDA
                  seed:int=0, # seeds the descriptor's initialisation and the k-means
                 ):
         super().__init__(amp=amp)
-        if bank_mode not in BANK_MODES: raise CladError(f"CFA bank_mode: expected one of {BANK_MODES}, got {bank_mode!r}")
+        self.set_memory_update(memory_update)
         if int(gamma_c) < 1 or int(gamma_d) < 1: raise CladError(f"model_params: gamma_c and gamma_d must be integers >= 1, got {gamma_c!r}, {gamma_d!r}")
-        self.backbone_name, self.layers, self.bank_mode, self.seed = backbone, list(layers), bank_mode, int(seed)
+        self.backbone_name, self.layers, self.seed = backbone, list(layers), int(seed)
         self.gamma_c, self.gamma_d, self.lr, self.weight_decay = int(gamma_c), int(gamma_d), float(lr), float(weight_decay)
         self.K, self.kmeans_max_iter = int(num_nearest_neighbors), int(kmeans_max_iter)
         with torch.random.fork_rng(devices=[]):
@@ -187,16 +203,15 @@ class CFAModel(AnomalyModel):
 
     @classmethod
     def from_config(cls, cfg) -> 'CFAModel':
-        "Build from a `clad.config.Config`; `sample_strategy` chooses the bank mode (replay: per task)."
+        "Build from a `clad.config.Config` (memory update 'replace'; the strategy sets its own with `set_memory_update`)."
         mp = getattr(cfg, 'model_params', None)
         try: gamma_c, gamma_d, weight_decay = mp.gamma_c, mp.gamma_d, mp.weight_decay
         except AttributeError as e: raise CladError(f"model_params: CFA needs 'gamma_c', 'gamma_d' and 'weight_decay', got {mp!r}") from e
-        strategy = str(getattr(cfg, 'sample_strategy', 'naive')).lower()
         return cls(backbone=cfg.backbone, layers=cfg.layers, pretrained=cfg.pretrained, weights_path=cfg.weights_path,
                    gamma_c=gamma_c, gamma_d=gamma_d, lr=cfg.lr, weight_decay=weight_decay,
                    num_nearest_neighbors=getattr(mp, 'num_nearest_neighbors', 3), num_hard_negatives=getattr(mp, 'num_hard_negatives', 3),
                    radius=getattr(mp, 'radius', 1e-5), nu=getattr(mp, 'nu', 1e-3), alpha=getattr(mp, 'alpha', 0.1),
-                   sigma=getattr(mp, 'sigma', 4.0), bank_mode='per_task' if strategy == 'replay' else 'replace',
+                   sigma=getattr(mp, 'sigma', 4.0),
                    amp=cfg.amp, seed=cfg.seed)
 
     def train(self, mode:bool=True):
@@ -245,11 +260,11 @@ class CFAModel(AnomalyModel):
         self.bank = bank
 
     def begin_task(self, task_index:int, train_loader=None) -> None:
-        "Store the task's mean patch features (replacing or adding, per `bank_mode`) and rebuild the bank."
+        "Store the task's mean patch features (replacing or adding, per `memory_update`) and rebuild the bank."
         if train_loader is None: raise CladError("CFA.begin_task: needs the task's training loader to build the memory bank")
         mean = self.mean_patch_features(train_loader)
         tid = torch.tensor([int(task_index)], dtype=torch.long, device=mean.device)
-        if self.bank_mode == 'per_task' and self.num_tasks_in_bank:
+        if self.memory_update == 'grow' and self.num_tasks_in_bank:
             if mean.shape != self.task_means.shape[1:]:
                 raise CladError(f"CFA: task {task_index}'s patch-feature grid {tuple(mean.shape)} differs from earlier tasks' {tuple(self.task_means.shape[1:])}")
             slot = (self.task_ids == int(task_index)).nonzero().flatten()
@@ -282,17 +297,11 @@ class CFAModel(AnomalyModel):
         return amap.flatten(1).amax(1), amap
 
     # --- state and accounting
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # the bank and the per-task statistics change shape as tasks arrive: take the checkpoint's shapes
-        for name in _BANK_BUFFERS:
-            if prefix + name in state_dict:
-                src = state_dict[prefix + name]
-                self._buffers[name] = torch.empty(src.shape, dtype=src.dtype, device=self._buffers[name].device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def memory_bytes(self) -> int:
-        "Bytes of the memory bank and the per-task statistics."
-        return sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in _BANK_BUFFERS)
+    # memory_bytes (the bank and the per-task statistics) and checkpoint loading: `GrowingBuffers`
+    def outputs(self, images:torch.Tensor, # [B,3,H,W] normalised images
+               ) -> list[torch.Tensor]:
+        "The descriptor features `[B,D,H,W]` (float32), differentiable w.r.t. the descriptor: what the loss measures against the bank."
+        return [self(images).float()]
 
     def weights_info(self) -> dict:
         "The backbone and the source of its weights; the descriptor is trained from a seeded random init."

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +25,7 @@ from .base import AnomalyModel, register_model
 # %% auto #0
 __all__ = ['TEXTURE_OPS', 'perlin_noise', 'perlin_mask', 'augment_texture', 'fractal_noise', 'ProceduralTextures', 'DTDTextures',
            'make_texture_source', 'blend', 'AnomalyGenerator', 'ReconstructiveSubNetwork', 'DiscriminativeSubNetwork',
-           'init_draem_weights', 'ssim', 'focal_loss', 'DraemLoss', 'DRAEMModel', 'image_score']
+           'init_draem_weights', 'ssim', 'focal_loss', 'DraemLoss', 'DraemParams', 'DRAEMModel', 'image_score']
 
 # %% ../../nbs/17_models.draem.ipynb #a4435c02
 def _fade(t:torch.Tensor) -> torch.Tensor: return t * t * t * (t * (t * 6 - 15) + 10)
@@ -330,12 +331,24 @@ class DraemLoss(nn.Module):
         p = self.parts(image, reconstruction, mask, logits)
         return p['l2'] + p['ssim'] + p['focal']
 
+# %% ../../nbs/17_models.draem.ipynb #38680508
+@dataclass
+class DraemParams:
+    "DRAEM: network widths and the synthetic anomalies."
+    base_width: int = 32 # reconstructive network base width (paper: 128)
+    disc_width: int = 16 # discriminative network base width (paper: 64)
+    beta_min: float = 0.1 # minimum anomaly opacity
+    beta_max: float = 1.0 # maximum anomaly opacity
+    p_anomaly: float = 0.5 # share of training images that get a synthetic anomaly
+
 # %% ../../nbs/17_models.draem.ipynb #b1467520
 @register_model('draem')
 class DRAEMModel(AnomalyModel):
     "DRAEM: reconstructive autoencoder + discriminative U-Net trained on synthetic Perlin/texture anomalies."
+    Params = DraemParams # its own parameters, `cfg.model_params` (from configurations/models/draem.json)
     kind = 'trained'
     default_strategy = 'replay' # image replay, as in the paper's runs
+    supported_strategies = ('naive', 'replay', 'multi_task', 'single_model', 'cumulative', 'ewc', 'lwf', 'derpp', 'compressed_replay')
 
     def __init__(self, base_width:int=32, # reconstructive network width (paper: 128)
                  disc_width:int=16, # discriminative network width (paper: 64)
@@ -439,6 +452,12 @@ class DRAEMModel(AnomalyModel):
         with self.autocast(): _, logits = self(images)
         amap = logits.float().softmax(1)[:, 1]
         return image_score(amap), amap
+
+    def outputs(self, images:torch.Tensor, # [B,3,H,W] images in [0, 1]
+               ) -> list[torch.Tensor]:
+        "`[reconstruction [B,3,H,W], logits [B,2,H,W]]` of the clean images (no synthetic anomaly, no random draws), float32."
+        with self.autocast(): rec, logits = self(images.to(self.device, non_blocking=True))
+        return [rec.float(), logits.float()]
 
     def weights_info(self) -> dict:
         "No pretrained weights; the networks' widths and the anomaly texture source used."

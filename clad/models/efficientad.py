@@ -11,6 +11,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -32,7 +33,8 @@ from .base import AnomalyModel, autocast_context, grad_scaler, register_model
 __all__ = ['PDN_SIZES', 'TEACHER_FORMAT', 'DISTILL_PHOTOS', 'TEACHER_CACHE_VERSION', 'PDN', 'Encoder', 'Decoder', 'AutoEncoder',
            'list_image_files', 'DistillImages', 'DistillTarget', 'distill_teacher', 'distill_command', 'load_teacher',
            'distill_main', 'distill_photo_names', 'PhotoCrops', 'teacher_spec', 'teacher_cache_key', 'ensure_teacher',
-           'hard_feature_loss', 'color_augment', 'PenaltyImages', 'penalty_setup', 'EfficientADModel']
+           'hard_feature_loss', 'color_augment', 'PenaltyImages', 'penalty_setup', 'EfficientadParams',
+           'EfficientADModel']
 
 # %% ../../nbs/15_models.efficientad.ipynb #9a641925
 PDN_SIZES = ('small', 'medium')
@@ -493,12 +495,26 @@ def penalty_setup(path:str|Path|None, # `imagenet_train_path`
     files = list_penalty_images(p)  # an existing folder without images is an error
     return PenaltyImages(files), f'on: {len(files)} images from {p}'
 
+# %% ../../nbs/15_models.efficientad.ipynb #947f652d
+@dataclass
+class EfficientadParams:
+    "EfficientAD: network size and teacher."
+    model_size: str = 'small' # 'small' or 'medium' PDN
+    out_channels: int = 384 # teacher output channels
+    teacher_weights: str = '' # distilled PDN teacher file (see `clad-distill-teacher`); '' = distil one on first use and cache it
+    teacher_steps: int = 250 # distillation steps of the teacher made on first use
+    teacher_image_size: int = 64 # crop side of that distillation
+    teacher_cache_dir: str = 'data/efficientad_teachers' # where teachers made on first use are cached
+    weight_decay: float = 1e-5 # Adam weight decay
+
 # %% ../../nbs/15_models.efficientad.ipynb #92a6c410
 @register_model('efficientad')
 class EfficientADModel(AnomalyModel):
     "EfficientAD: frozen distilled PDN teacher, student PDN (2× channels) and autoencoder."
+    Params = EfficientadParams # its own parameters, `cfg.model_params` (from configurations/models/efficientad.json)
     kind = 'trained'
     default_strategy = 'replay' # image replay, as in the paper's runs
+    supported_strategies = ('naive', 'replay', 'multi_task', 'single_model', 'cumulative', 'ewc', 'lwf', 'derpp', 'compressed_replay')
 
     def __init__(self, model_size:str='small', # 'small' or 'medium' PDN
                  out_channels:int=384, # teacher channels (the student has twice as many)
@@ -696,6 +712,18 @@ class EfficientADModel(AnomalyModel):
         if self.pad_maps: m = F.pad(m, (4, 4, 4, 4))
         m = F.interpolate(m, size=images.shape[-2:], mode='bilinear')[:, 0]
         return m.flatten(1).amax(1), m
+
+    # --- outputs for distillation
+    def outputs(self, images:torch.Tensor, # [B,3,H,W] images (normalised as `input_normalized` says)
+               ) -> list[torch.Tensor]:
+        "`[student [B,2C,h,w], autoencoder [B,C,h,w]]` of the clean images (float32); the AE's dropout is off (no random draws)."
+        x = self._input(images)
+        ae_training = self.ae.training
+        self.ae.eval()  # dropout is the AE's only mode-dependent layer, and it draws random numbers
+        try:
+            with self.autocast(): s, a = self.student(x).float(), self.ae(x).float()
+        finally: self.ae.train(ae_training)
+        return [s, a]
 
     # --- accounting
     def memory_bytes(self) -> int:

@@ -5,6 +5,7 @@
 # %% ../../nbs/14_models.fastflow.ipynb #c8242cd8
 from __future__ import annotations
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -16,7 +17,8 @@ from ..core import CladError, derive_seed
 from .base import AnomalyModel, register_model
 
 # %% auto #0
-__all__ = ['subnet_conv', 'AffineCouplingBlock', 'FastFlowBlock', 'FastflowLoss', 'AnomalyMapGenerator', 'FastflowModel']
+__all__ = ['subnet_conv', 'AffineCouplingBlock', 'FastFlowBlock', 'FastflowLoss', 'AnomalyMapGenerator', 'FastflowParams',
+           'FastflowModel']
 
 # %% ../../nbs/14_models.fastflow.ipynb #9db08f50
 def subnet_conv(in_channels:int, # channels read (the first half of the block's input)
@@ -130,12 +132,24 @@ class AnomalyMapGenerator(nn.Module):
             maps.append(F.interpolate(-prob, size=tuple(image_size), mode='bilinear', align_corners=False))
         return torch.stack(maps, -1).mean(-1)
 
+# %% ../../nbs/14_models.fastflow.ipynb #7c235ead
+@dataclass
+class FastflowParams:
+    "FastFlow: flow depth and coupling sub-network."
+    flow_steps: int = 8 # coupling blocks per scale
+    hidden_ratio: float = 1.0 # hidden channels / input channels in the sub-network
+    conv3x3_only: bool = False # all sub-network kernels 3×3 (else alternate 3×3 / 1×1)
+    fast_flow_normalize: bool = True # trainable LayerNorm on the backbone features
+    weight_decay: float = 1e-5 # Adam weight decay
+
 # %% ../../nbs/14_models.fastflow.ipynb #1c22990c
 @register_model('fastflow')
 class FastflowModel(AnomalyModel):
     "FastFlow: frozen backbone features → trainable LayerNorm → one 2-D normalising flow per scale."
+    Params = FastflowParams # its own parameters, `cfg.model_params` (from configurations/models/fastflow.json)
     kind = 'trained'
     default_strategy = 'replay' # image replay, as in the paper's runs
+    supported_strategies = ('naive', 'replay', 'multi_task', 'single_model', 'cumulative', 'ewc', 'lwf', 'derpp', 'compressed_replay')
 
     def __init__(self, input_size:int|tuple[int, int]=128, # (H, W) of the model's input images
                  backbone:str='tf_efficientnet_lite0', # timm name of the frozen feature extractor
@@ -217,6 +231,12 @@ class FastflowModel(AnomalyModel):
         with self.autocast(): zs, _ = self(images)
         amap = self.anomaly_map_generator(zs, images.shape[-2:])[:, 0]
         return amap.flatten(1).amax(1), amap
+
+    def outputs(self, images:torch.Tensor, # [B,3,H,W] normalised images
+               ) -> list[torch.Tensor]:
+        "The hidden variables z per scale `[B,C_l,H_l,W_l]` (float32), differentiable w.r.t. the LayerNorms and flows."
+        with self.autocast(): zs, _ = self(images.to(self.device, non_blocking=True))
+        return [z.float() for z in zs]
 
     def weights_info(self) -> dict:
         "The backbone and the source of its weights (the LayerNorms and flows start from scratch)."

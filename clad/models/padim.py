@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
@@ -15,11 +16,11 @@ from torch import nn
 
 from ..backbones import FeatureExtractor
 from ..core import CladError, derive_seed, torch_generator
-from .base import AnomalyModel, GaussianBlur2d, batch_images, register_model
+from .base import AnomalyModel, GaussianBlur2d, GrowingBuffers, batch_images, register_model
 
 # %% auto #0
-__all__ = ['PADIM_DEFAULT_D', 'PADIM_MODES', 'random_channel_subset', 'PadimEmbedding', 'accumulate_sums', 'gaussian_from_sums',
-           'mahalanobis', 'PadimModel']
+__all__ = ['PADIM_DEFAULT_D', 'random_channel_subset', 'PadimEmbedding', 'accumulate_sums', 'gaussian_from_sums', 'mahalanobis',
+           'PadimParams', 'PadimModel']
 
 # %% ../../nbs/13_models.padim.ipynb #3059054c
 PADIM_DEFAULT_D = {'resnet18': 100, 'wide_resnet50_2': 550} # anomalib's n_features per backbone
@@ -135,48 +136,54 @@ def mahalanobis(emb:torch.Tensor, # [B,d,h,w] embeddings
         out[s:s + step] = y.pow(2).sum(-1)
     return out.sqrt_().T.reshape(B, h, w)
 
-# %% ../../nbs/13_models.padim.ipynb #83a44a01
-_STAT_BUFFERS = ('n_seen', 'sum_x', 'sum_xx', 'means', 'whitens', 'feature_hw')
-PADIM_MODES = ('replace', 'incremental', 'per_task')
+# %% ../../nbs/13_models.padim.ipynb #446dbfbc
+@dataclass
+class PadimParams:
+    "PaDiM: random channel subset, covariance regulariser, map smoothing."
+    d_reduced: int = 100 # channels kept (100 for resnet18, 550 for wide_resnet50_2)
+    eps: float = 0.01 # added to the covariance diagonal
+    sigma: float = 4.0 # Gaussian smoothing of the anomaly map, in pixels
 
+# %% ../../nbs/13_models.padim.ipynb #83a44a01
 @register_model('padim')
-class PadimModel(AnomalyModel):
+class PadimModel(GrowingBuffers, AnomalyModel):
     "PaDiM: per-position Gaussians of pretrained multi-scale features, scored by Mahalanobis distance."
+    Params = PadimParams # its own parameters, `cfg.model_params` (from configurations/models/padim.json)
     kind = 'memory'
     default_strategy = 'cl' # the paper's budgeted memory-bank update; image replay does not apply to a model that trains nothing
+    supported_strategies = ('naive', 'multi_task', 'single_model', 'cumulative', 'cl')
     supports_cl_update = True
+    memory_updates = ('replace', 'grow', 'budget') # 'budget': the exact running sums, whose size does not grow with the tasks
+    growing_buffers = ('n_seen', 'sum_x', 'sum_xx', 'means', 'whitens', 'feature_hw') # the statistics
 
     def __init__(self, backbone:str='tf_efficientnet_lite0', # timm backbone
                  layers:Sequence[str]=('layer1', 'layer2', 'layer3'), # feature levels, shallow to deep
                  pretrained:bool=True, # ImageNet weights (packaged for tf_efficientnet_lite0)
                  weights_path:str='', # local backbone state dict (overrides `pretrained`)
                  d_reduced:int=100, # random channels kept (0 = 100 for resnet18, 550 for wide_resnet50_2)
-                 mode:str='replace', # 'replace', 'incremental' (exact running sums) or 'per_task' (+ routing)
+                 memory_update:str='replace', # 'replace', 'budget' (exact running sums) or 'grow' (one Gaussian per task + routing)
                  eps:float=0.01, # covariance regulariser
                  sigma:float=4.0, # Gaussian smoothing of the map, in pixels
                  amp:bool=False, # autocast the backbone on CUDA
                  seed:int=0, # seeds the channel subset
                 ):
         super().__init__(amp=amp)
-        if mode not in PADIM_MODES: raise CladError(f"PaDiM mode: expected one of {PADIM_MODES}, got {mode!r}")
-        self.backbone_name, self.layers, self.mode, self.eps = backbone, list(layers), mode, float(eps)
+        self.set_memory_update(memory_update)
+        self.backbone_name, self.layers, self.eps = backbone, list(layers), float(eps)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, 'padim_backbone'))  # matters only for a random-init backbone (tests)
             self.embedding = PadimEmbedding(backbone, layers, pretrained, weights_path, d_reduced, seed)
         self.blur = GaussianBlur2d(sigma)
-        self.last_route: torch.Tensor|None = None
         f64, f32 = torch.float64, torch.float32
-        for name, dtype in zip(_STAT_BUFFERS, (f64, f64, f64, f32, f32, torch.long)):
+        for name, dtype in zip(self.growing_buffers, (f64, f64, f64, f32, f32, torch.long)):
             self.register_buffer(name, torch.zeros(0, dtype=dtype))
 
     @classmethod
     def from_config(cls, cfg) -> 'PadimModel':
-        "Build from a `clad.config.Config`: the strategy and `cl` choose the mode."
+        "Build from a `clad.config.Config` (memory update 'replace'; the strategy sets its own with `set_memory_update`)."
         mp = getattr(cfg, 'model_params', None)
-        strategy = str(getattr(cfg, 'sample_strategy', 'naive')).lower()
-        mode = ('incremental' if getattr(cfg, 'cl', True) else 'per_task') if strategy == 'cl' else 'replace'
         return cls(backbone=cfg.backbone, layers=cfg.layers, pretrained=cfg.pretrained, weights_path=cfg.weights_path,
-                   d_reduced=getattr(mp, 'd_reduced', 100), mode=mode, eps=getattr(mp, 'eps', 0.01),
+                   d_reduced=getattr(mp, 'd_reduced', 100), eps=getattr(mp, 'eps', 0.01),
                    sigma=getattr(mp, 'sigma', 4.0), amp=cfg.amp, seed=cfg.seed)
 
     def train(self, mode:bool=True):
@@ -186,7 +193,7 @@ class PadimModel(AnomalyModel):
 
     @property
     def num_gaussians(self) -> int:
-        "Gaussians held (tasks in `per_task` mode, else 0 or 1)."
+        "Gaussians held (tasks under 'grow', else 0 or 1)."
         return self.means.shape[0] if self.means.ndim == 3 else 0
 
     def embed(self, images:torch.Tensor) -> torch.Tensor:
@@ -194,9 +201,9 @@ class PadimModel(AnomalyModel):
         with torch.no_grad(), self.autocast(): return self.embedding(images.to(self.device, non_blocking=True))
 
     def fit(self, loader:Iterable) -> None:
-        "Learn from every batch of `loader`: add to (incremental), append (per_task) or replace the Gaussians."
+        "Learn from every batch of `loader`: add to the sums ('budget'), append a Gaussian ('grow') or replace them."
         dev, d = self.device, self.embedding.dim
-        keep = self.mode == 'incremental' and self.sum_xx.ndim == 3
+        keep = self.memory_update == 'budget' and self.sum_xx.ndim == 3
         n = float(self.n_seen) if keep else 0.
         sx, sxx, hw = (self.sum_x, self.sum_xx, tuple(self.feature_hw.tolist())) if keep else (None, None, None)
         for batch in loader:
@@ -208,14 +215,14 @@ class PadimModel(AnomalyModel):
             elif tuple(emb.shape[-2:]) != hw: raise CladError(f"PaDiM.fit: embedding grid {tuple(emb.shape[-2:])} differs from the {hw} fitted so far (images of different sizes?)")
             accumulate_sums(sx, sxx, emb); n += emb.shape[0]
         if sx is None or n < 1: raise CladError("PaDiM.fit: the loader yielded no images")
-        if self.num_gaussians and self.mode == 'per_task' and tuple(self.feature_hw.tolist()) != hw:
+        if self.num_gaussians and self.memory_update == 'grow' and tuple(self.feature_hw.tolist()) != hw:
             raise CladError(f"PaDiM.fit: embedding grid {hw} differs from the earlier tasks' {tuple(self.feature_hw.tolist())}")
         mean, wh = gaussian_from_sums(n, sx, sxx, self.eps)
-        if self.mode == 'per_task' and self.num_gaussians:
+        if self.memory_update == 'grow' and self.num_gaussians:
             self.means, self.whitens = torch.cat([self.means, mean[None]]), torch.cat([self.whitens, wh[None]])
         else: self.means, self.whitens = mean[None], wh[None]
         self.feature_hw = torch.tensor(hw, dtype=torch.long, device=dev)
-        if self.mode == 'incremental': self.n_seen, self.sum_x, self.sum_xx = torch.tensor(n, dtype=torch.float64, device=dev), sx, sxx
+        if self.memory_update == 'budget': self.n_seen, self.sum_x, self.sum_xx = torch.tensor(n, dtype=torch.float64, device=dev), sx, sxx
 
     def distances(self, emb:torch.Tensor) -> torch.Tensor:
         "Mahalanobis maps `[T,B,h,w]` of embeddings `[B,d,h,w]` under each of the T Gaussians."
@@ -224,29 +231,20 @@ class PadimModel(AnomalyModel):
             raise CladError(f"PaDiM: embedding grid {tuple(emb.shape[-2:])} differs from the fitted {tuple(self.feature_hw.tolist())}; use the training image size")
         return torch.stack([mahalanobis(emb, m, a) for m, a in zip(self.means, self.whitens)])
 
-    def _predict(self, images:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        "Image scores `[B]` (map maxima) and smoothed anomaly maps `[B,H,W]`."
+    def _predict(self, images:torch.Tensor) -> tuple[torch.Tensor, ...]:
+        "Image scores `[B]` (map maxima), smoothed anomaly maps `[B,H,W]` and, under 'grow', the route `[B]`."
         dist = self.distances(self.embed(images))  # [T,B,h,w]
-        if self.mode == 'per_task':
+        route = None
+        if self.memory_update == 'grow':
             route = dist.flatten(2).mean(2).argmin(0)  # the task whose Gaussians fit the image best
-            self.last_route = route.cpu()
             dist = dist[route, torch.arange(dist.shape[1], device=dist.device)]
-        else: self.last_route, dist = None, dist[0]
+        else: dist = dist[0]
         amap = F.interpolate(dist[:, None], size=tuple(images.shape[-2:]), mode='bilinear', align_corners=False)
         amap = self.blur(amap)[:, 0]
-        return amap.flatten(1).amax(1), amap
+        scores = amap.flatten(1).amax(1)
+        return (scores, amap) if route is None else (scores, amap, route)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # the statistics change shape as tasks arrive: take the checkpoint's shapes
-        for name in _STAT_BUFFERS:
-            if prefix + name in state_dict:
-                src = state_dict[prefix + name]
-                self._buffers[name] = torch.empty(src.shape, dtype=src.dtype, device=self._buffers[name].device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def memory_bytes(self) -> int:
-        "Bytes of the statistics: running sums (incremental mode), means and whitening matrices (≙ inverse covariances)."
-        return sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in _STAT_BUFFERS)
+    # memory_bytes (running sums, means, whitening matrices ≙ inverse covariances) and checkpoint loading: `GrowingBuffers`
 
     def weights_info(self) -> dict:
         "The backbone and the source of its weights; the channel subset size."

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import math
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -14,10 +15,10 @@ from torch import nn
 
 from ..backbones import FeatureExtractor
 from ..core import CladError, derive_seed, torch_generator
-from .base import AnomalyModel, GaussianBlur2d, register_model
+from .base import AnomalyModel, GaussianBlur2d, GrowingBuffers, register_model
 
 # %% auto #0
-__all__ = ['MEMORY_UPDATES', 'jl_min_dim', 'kcenter_greedy', 'nearest_neighbors', 'reweighted_score', 'AnomalyMapGenerator',
+__all__ = ['jl_min_dim', 'kcenter_greedy', 'nearest_neighbors', 'reweighted_score', 'AnomalyMapGenerator', 'PatchcoreParams',
            'PatchcoreModel']
 
 # %% ../../nbs/12_models.patchcore.ipynb #752b7d11
@@ -133,36 +134,46 @@ class AnomalyMapGenerator(nn.Module):
         amap = F.interpolate(patch_scores, size=tuple(image_size), mode='bilinear', align_corners=False)
         return self.blur(amap)
 
-# %% ../../nbs/12_models.patchcore.ipynb #f6415d01
-MEMORY_UPDATES = ('replace', 'append', 'budget')
+# %% ../../nbs/12_models.patchcore.ipynb #75befe64
+@dataclass
+class PatchcoreParams:
+    "PatchCore: coreset and nearest-neighbour settings."
+    f_coreset: float = 0.1 # share of patches kept by the coreset
+    coreset_eps: float = 0.9 # random-projection distortion for the coreset distances
+    num_neighbors: int = 9 # neighbours for the image-score re-weighting
 
+# %% ../../nbs/12_models.patchcore.ipynb #f6415d01
 @register_model('patchcore')
-class PatchcoreModel(AnomalyModel):
+class PatchcoreModel(GrowingBuffers, AnomalyModel):
     "PatchCore: a coreset memory bank of locally aware patch features; anomaly = distance to the nearest bank patch."
+    Params = PatchcoreParams # its own parameters, `cfg.model_params` (from configurations/models/patchcore.json)
     kind = 'memory'
     default_strategy = 'cl' # the paper's budgeted memory-bank update; image replay does not apply to a model that trains nothing
+    supported_strategies = ('naive', 'multi_task', 'single_model', 'cumulative', 'cl')
     supports_cl_update = True
+    memory_updates = ('replace', 'grow', 'budget')
+    growing_buffers = ('memory_bank', 'bank_sizes') # all banks in one buffer, and their sizes
 
     def __init__(self, backbone:str='tf_efficientnet_lite0', # timm backbone
                  layers:Sequence[str]=('layer2', 'layer3'), # feature levels, shallow first (deeper ones are upsampled to the first)
                  pretrained:bool=True, # ImageNet weights
                  weights_path:str='', # local state dict for the backbone (overrides `pretrained`)
-                 f_coreset:float=0.1, # share of a task's patches kept ('replace', 'append')
+                 f_coreset:float=0.1, # share of a task's patches kept ('replace', 'grow')
                  coreset_eps:float|None=0.9, # JL distortion of the coreset's random projection; None: exact distances
                  num_neighbors:int=9, # b of the image-score re-weighting
                  mem_size_cl:int=10000, # total patch budget of 'budget'
-                 memory_update:str='replace', # 'replace', 'append' (growth) or 'budget' (fixed memory), see above
+                 memory_update:str='replace', # 'replace', 'grow' (one bank per task) or 'budget' (`mem_size_cl` patches), see above
                  sigma:float=4.0, # anomaly-map blur
                  amp:bool=False, # autocast the backbone on CUDA
                  seed:int=0, # seeds the coresets (and a random-init backbone)
                 ):
         super().__init__(amp=amp)
-        if memory_update not in MEMORY_UPDATES: raise CladError(f"memory_update: expected one of {MEMORY_UPDATES}, got {memory_update!r}")
         if not 0 < f_coreset <= 1: raise CladError(f"f_coreset: expected a share in (0, 1], got {f_coreset!r}")
         if int(mem_size_cl) < 1: raise CladError(f"mem_size_cl: expected at least 1 patch, got {mem_size_cl!r}")
         self.backbone_name, self.layers = backbone, list(layers)
         self.f_coreset, self.coreset_eps, self.num_neighbors = float(f_coreset), coreset_eps, int(num_neighbors)
-        self.mem_size_cl, self.memory_update, self.seed = int(mem_size_cl), memory_update, int(seed)
+        self.mem_size_cl, self.seed = int(mem_size_cl), int(seed)
+        self.set_memory_update(memory_update, self.mem_size_cl)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, 'patchcore_backbone'))  # matters only for a random-init backbone
             self.feature_extractor = FeatureExtractor(backbone, self.layers, pretrained=pretrained, weights_path=weights_path)
@@ -171,19 +182,25 @@ class PatchcoreModel(AnomalyModel):
         self.register_buffer('memory_bank', torch.zeros(0, sum(self.feature_extractor.channels)))
         self.register_buffer('bank_sizes', torch.zeros(0, dtype=torch.long))
         self.task_index: int|None = None
-        self.last_route: torch.Tensor|None = None
         self.fit_seconds: dict = {}
 
     @classmethod
     def from_config(cls, cfg) -> 'PatchcoreModel':
-        "Build from a `clad.config.Config`; the strategy and `cl` choose the memory update."
+        "Build from a `clad.config.Config` (memory update 'replace'; the strategy sets its own with `set_memory_update`)."
         mp = getattr(cfg, 'model_params', None)
-        strategy = str(getattr(cfg, 'sample_strategy', 'naive')).lower()
-        update = ('budget' if getattr(cfg, 'cl', False) else 'append') if strategy == 'cl' else 'replace'
         return cls(backbone=cfg.backbone, layers=cfg.layers, pretrained=cfg.pretrained, weights_path=cfg.weights_path,
                    f_coreset=getattr(mp, 'f_coreset', 0.1), coreset_eps=getattr(mp, 'coreset_eps', 0.9),
-                   num_neighbors=getattr(mp, 'num_neighbors', 9), mem_size_cl=getattr(cfg, 'mem_size_cl', 10000),
-                   memory_update=update, amp=getattr(cfg, 'amp', False), seed=getattr(cfg, 'seed', 0))
+                   num_neighbors=getattr(mp, 'num_neighbors', 9), amp=getattr(cfg, 'amp', False), seed=getattr(cfg, 'seed', 0))
+
+    def set_memory_update(self, mode:str, # 'replace', 'grow' or 'budget'
+                          budget:int|None=None, # total patches kept over all tasks (required for 'budget')
+                         ) -> None:
+        "Choose the memory update of the next fits; 'budget' also sets the patch budget `mem_size_cl`."
+        if mode == 'budget':
+            if budget is None: raise CladError("PatchcoreModel: memory update 'budget' needs the patch budget (budget=..., e.g. cfg.mem_size_cl)")
+            if int(budget) < 1: raise CladError(f"PatchcoreModel: the patch budget must be at least 1 patch, got {budget!r}")
+        super().set_memory_update(mode, budget)
+        if mode == 'budget': self.mem_size_cl = int(budget)
 
     # --- features
     def embed(self, images:torch.Tensor, # [B,3,H,W]
@@ -229,7 +246,7 @@ class PatchcoreModel(AnomalyModel):
         task = self.task_index if self.task_index is not None else len(self.bank_sizes)
         f_n = max(1, int(len(X) * self.f_coreset))
         if self.memory_update == 'replace': banks = [self._coreset(X, f_n, task)]
-        elif self.memory_update == 'append': banks = self.banks + [self._coreset(X, f_n, task)]
+        elif self.memory_update == 'grow': banks = self.banks + [self._coreset(X, f_n, task)]
         else:
             share = max(1, self.mem_size_cl // (len(self.bank_sizes) + 1))
             banks = [b if len(b) <= share else self._coreset(b, share, task, 'old', k) for k, b in enumerate(self.banks)]
@@ -238,8 +255,8 @@ class PatchcoreModel(AnomalyModel):
         self.fit_seconds = dict(features=t1 - t0, coreset=time.perf_counter() - t1, patches=len(X))
 
     # --- scoring
-    def _predict(self, images:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        "Image scores `[B]` and maps `[B,H,W]`; with several banks, each image is routed to its nearest bank."
+    def _predict(self, images:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        "Image scores `[B]`, maps `[B,H,W]` and route `[B]`: with several banks, each image is routed to its nearest bank."
         if len(self.bank_sizes) == 0: raise CladError("PatchCore.predict: the memory bank is empty; call fit() first")
         e = self.embed(images)
         B, D, h, w = e.shape
@@ -256,23 +273,10 @@ class PatchcoreModel(AnomalyModel):
             m = route == k
             lo, hi = int(offsets[k]), int(offsets[k + 1])
             scores[m] = reweighted_score(patch_scores[m], locations[m] - lo, emb[m], self.memory_bank[lo:hi], self.num_neighbors)
-        self.last_route = route.detach().cpu()
         amap = self.anomaly_map_generator(patch_scores.reshape(B, 1, h, w), images.shape[-2:])
-        return scores, amap[:, 0]
+        return scores, amap[:, 0], route
 
-    # --- state and accounting
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        # banks change size with every fit: take the saved shapes before the default in-place copy
-        for name in ('memory_bank', 'bank_sizes'):
-            if prefix + name in state_dict:
-                v = state_dict[prefix + name]
-                setattr(self, name, torch.empty(v.shape, dtype=v.dtype, device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-
-    def memory_bytes(self) -> int:
-        "Bytes of all memory banks."
-        return self.memory_bank.numel() * self.memory_bank.element_size() + self.bank_sizes.numel() * self.bank_sizes.element_size()
-
+    # --- accounting (memory_bytes and checkpoint loading: `GrowingBuffers`)
     def weights_info(self) -> dict:
         "The backbone and the source of its weights."
         info = self.feature_extractor.weights_info

@@ -4,6 +4,7 @@
 
 # %% ../../nbs/11_models.stfpm.ipynb #fec7e82c
 from __future__ import annotations
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -15,7 +16,7 @@ from ..core import CladError, derive_seed
 from .base import AnomalyModel, register_model
 
 # %% auto #0
-__all__ = ['STFPMLoss', 'AnomalyMapGenerator', 'STFPMModel']
+__all__ = ['STFPMLoss', 'AnomalyMapGenerator', 'StfpmParams', 'STFPMModel']
 
 # %% ../../nbs/11_models.stfpm.ipynb #483cdb6e
 class STFPMLoss(nn.Module):
@@ -59,12 +60,21 @@ class AnomalyMapGenerator(nn.Module):
             amap = lm if amap is None else amap * lm
         return amap
 
+# %% ../../nbs/11_models.stfpm.ipynb #1c4a0212
+@dataclass
+class StfpmParams:
+    "STFPM: SGD settings of the student (the learning rate is `Config.lr`)."
+    momentum: float = 0.9 # SGD momentum
+    weight_decay: float = 1e-4 # SGD weight decay
+
 # %% ../../nbs/11_models.stfpm.ipynb #e523e0ff
 @register_model('stfpm')
 class STFPMModel(AnomalyModel):
     "STFPM: a frozen pretrained teacher and a trainable student of the same architecture, matched on a feature pyramid."
+    Params = StfpmParams # its own parameters, `cfg.model_params` (from configurations/models/stfpm.json)
     kind = 'trained'
     default_strategy = 'replay' # image replay, as in the paper's runs
+    supported_strategies = ('naive', 'replay', 'multi_task', 'single_model', 'cumulative', 'ewc', 'lwf', 'derpp', 'compressed_replay')
 
     def __init__(self, backbone:str='resnet18', # timm name of the teacher's (and student's) architecture
                  layers:Sequence[str]=('layer1', 'layer2', 'layer3'), # the pyramid levels to match
@@ -128,6 +138,12 @@ class STFPMModel(AnomalyModel):
         with self.autocast(): t, s = self(images)
         amap = self.anomaly_map_generator(t, s, images.shape[-2:])[:, 0]
         return amap.flatten(1).amax(1), amap
+
+    def outputs(self, images:torch.Tensor, # [B,3,H,W] normalised images
+               ) -> list[torch.Tensor]:
+        "The student's channel-normalised feature maps `[B,C_l,H_l,W_l]`, one per level: what the loss matches to the teacher."
+        with self.autocast(): s = self.student(images.to(self.device, non_blocking=True))
+        return [F.normalize(f.float(), dim=1) for f in s]
 
     def weights_info(self) -> dict:
         "The teacher's backbone and the source of its weights."
