@@ -2,7 +2,36 @@
 
 For every model it prints training images/second (optimiser steps × batch / wall time) and inference images/second
 (eval-mode scoring of the test images) for ours and for anomalib, on the same images, batch size, optimiser settings and
-backbone weights, and the ratio ours/anomalib against the target ours >= anomalib.
+backbone weights, and the ratio ours/anomalib against the target ours >= anomalib. Beside them it prints a *floor*: what
+our model's networks themselves cost, and the ratios ours/floor and anomalib/floor (throughputs; 1.00 = as fast as the
+bare networks, lower = time spent outside them).
+
+The floor runs the plain torch sub-modules of *our* model object (the same weights, the same modes: frozen parts in eval
+mode, trainable parts in training mode for training and eval mode for inference; modes are set outside the timed loops) in
+a tight loop over tensors prepared before timing (channels-last, and the random inputs a step needs drawn once per
+batch): no DataLoader, strategy, model `training_step`/`predict` wrapper, input checks, mode switches or `.item()` per
+step. Its optimiser is a fresh one from our model's `configure_optimizer` (same class, parameters and settings), stepped
+as ours is: `zero_grad(set_to_none=True)`, `loss.backward()`, `step()`. Per model, one training step / one scored batch is:
+
+- STFPM. Train: `teacher(x)` under no_grad, `student(x)`, `STFPMLoss(t, s)`, backward, SGD step. Infer (no_grad):
+  `teacher(x)`, `student(x)`, `AnomalyMapGenerator` (per-level maps, upsampled, multiplied), score = map maximum.
+- FastFlow. Train: `feature_extractor(x)` under no_grad, per scale `fast_flow_blocks[l](norms[l](f_l))`, `FastflowLoss`,
+  backward, Adam step. Infer (no_grad): the same forward, `AnomalyMapGenerator`, map maximum.
+- EfficientAD (penalty off, as ours runs here). Train: the colour-augmented copy of each batch is drawn once before
+  timing (`color_augment`, fixed seed) and concatenated with the batch; `teacher([x, aug])` under no_grad, standardised
+  with the teacher statistics, `student([x, aug])`, `ae(aug)`, hard-feature + AE + student-AE losses, backward, Adam
+  step. Infer (no_grad): `teacher(x)` standardised, `student(x)`, `ae(x)`, the two maps, their quantile normalisation
+  (quantiles read once), average, 4-cell pad, upsampling, map maximum.
+- CFA. Train: `extractor(x)` under no_grad, `patch_features`, `descriptor`, `squared_distances` to the bank, `CFALoss`
+  with the radius, backward (no retain_graph: ours needs none), AdamW(amsgrad) step. Infer (no_grad): the same features,
+  `cfa_patch_scores`, upsampling, Gaussian blur, map maximum.
+- DRAEM. Train: the synthetic anomalies (augmented image + mask) of each batch are drawn once before timing with our
+  `AnomalyGenerator` (fixed seed), so the floor excludes the per-step anomaly synthesis that ours and anomalib both do;
+  `reconstructive_subnetwork(aug)`, `discriminative_subnetwork([aug, rec])`, `DraemLoss(x, rec, mask, logits)`,
+  backward, Adam step. Infer (no_grad): both sub-networks on `x`, softmax channel 1, `image_score` (21×21 mean, max).
+
+Before timing, the floor's maps on two test images are checked against our `predict` (and, for STFPM, FastFlow and
+CFA, whose losses draw no random numbers, its loss against our `training_step`), so the floor does the work ours does.
 
 anomalib is driven through its *torch* models and loss modules in a plain loop (`model(x)` -> loss -> `backward` ->
 `step`), not through Engine/Lightning, so the figures time the algorithms and not the framework:
@@ -38,11 +67,13 @@ weights where the architectures match (STFPM student, EfficientAD student and au
 own initialisation (this does not change the cost of a step).
 
 Images are decoded and transformed once, before any timing. Warm-up steps precede every timed run; the best of
-`--repeats` runs is reported. anomalib is a bench-only extra, never imported by clad/ (see bench/memory_bank.py's
-docstring for the .venv-bench set-up). Check `cat /proc/loadavg` first: timings need a quiet machine.
+`--repeats` runs is reported (floor, ours and anomalib alike). anomalib is a bench-only extra, never imported by clad/
+(see bench/memory_bank.py's docstring for the .venv-bench set-up); `--no-anomalib` (or an environment without it) times
+only ours and the floor. Check `cat /proc/loadavg` first: timings need a quiet machine.
 
     .venv-bench/bin/python bench/trained_models.py                       # all five, 128 px, batch 8
     .venv-bench/bin/python bench/trained_models.py --models draem --size 128 --batch 4 --steps 8
+    .venv/bin/python bench/trained_models.py --no-anomalib               # ours and the floor only
 """
 from __future__ import annotations
 import argparse
@@ -62,6 +93,7 @@ from unittest import mock
 os.environ.setdefault('TQDM_DISABLE', '1')
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -280,24 +312,156 @@ def feature_diff(name:str, ours:SimpleNamespace, theirs:SimpleNamespace) -> floa
     return max(float((o - t).abs().max()) for o, t in zip(fo, ft))
 
 
+# ---------------------------------------------------------------- the floor: our model's own networks, nothing else
+def train_batches(x:torch.Tensor, batch:int) -> list[torch.Tensor]:
+    "The training batches every side cycles over: full batches only (unless there are none)."
+    batches = list(torch.split(x, batch))
+    return [b for b in batches if len(b) == batch] or batches
+
+
+def floor_runner(name:str, ours:SimpleNamespace, a) -> SimpleNamespace:
+    """The bare forward/backward of our model's sub-modules (see the module docstring, 'Per model'): `step(item)` and
+    `predict(x)` on items prepared here, before any timing; `set_mode` switches modes outside the timed loops."""
+    m, size = ours.model, ours.size
+    opt, _ = m.configure_optimizer()  # a fresh optimiser: our model's class, parameters and settings
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last)
+    xtr = [cl(b) for b in train_batches(ours.xtr, a.batch)]
+    test_items = [cl(b) for b in torch.split(ours.xte, a.batch)]
+    note = ''
+    if name == 'stfpm':
+        T, S, loss_fn, map_fn = m.teacher, m.student, m.loss, m.anomaly_map_generator
+        def loss(x):
+            with torch.no_grad(): t = T(x)
+            return loss_fn(t, S(x))
+        def predict(x):
+            with torch.no_grad(): amap = map_fn(T(x), S(x), x.shape[-2:])[:, 0]
+            return amap.flatten(1).amax(1), amap
+        train_items = [(x,) for x in xtr]
+    elif name == 'fastflow':
+        E, norms, flows, loss_fn, map_fn = m.feature_extractor, list(m.norms), list(m.fast_flow_blocks), m.loss, m.anomaly_map_generator
+        def forward(x):
+            with torch.no_grad(): feats = E(x)
+            zs, jacs = [], []
+            for norm, flow, f in zip(norms, flows, feats):
+                z, j = flow(norm(f)); zs.append(z); jacs.append(j)
+            return zs, jacs
+        loss = lambda x: loss_fn(*forward(x))
+        def predict(x):
+            with torch.no_grad(): amap = map_fn(forward(x)[0], x.shape[-2:])[:, 0]
+            return amap.flatten(1).amax(1), amap
+        train_items = [(x,) for x in xtr]
+    elif name == 'efficientad':
+        from clad.models.efficientad import color_augment, hard_feature_loss
+        if m.penalty_images is not None: raise RuntimeError("floor: EfficientAD's floor is written for the penalty off (as ours runs here)")
+        T, S, AE, C, q = m.teacher, m.student, m.ae, m.out_channels, m.hard_quantile
+        mean, std = m.teacher_mean, m.teacher_std
+        g = torch.Generator().manual_seed(0)
+        train_items = []
+        for x in xtr:
+            aug = cl(color_augment(x, generator=g))
+            train_items.append((cl(torch.cat([x, aug])), aug))
+        def loss(xa, aug):
+            B = len(aug)
+            with torch.no_grad(): t = (T(xa) - mean) / std
+            s, ae = S(xa), AE(aug)
+            return (hard_feature_loss((t[:B] - s[:B, :C]).pow(2), q) + (t[B:] - ae).pow(2).mean()
+                    + (ae - s[B:, C:]).pow(2).mean())
+        qs = m.map_quantiles.tolist() if bool(m.calibrated) else None
+        def predict(x):
+            with torch.no_grad():
+                t = (T(x) - mean) / std; s = S(x); ae = AE(x)
+                if ae.shape[-2:] != s.shape[-2:]: ae = F.interpolate(ae, size=s.shape[-2:], mode='bilinear')
+                m_st, m_ae = (t - s[:, :C]).pow(2).mean(1, keepdim=True), (ae - s[:, C:]).pow(2).mean(1, keepdim=True)
+                if qs is not None:
+                    m_st = 0.1 * (m_st - qs[0]) / max(qs[1] - qs[0], 1e-12)
+                    m_ae = 0.1 * (m_ae - qs[2]) / max(qs[3] - qs[2], 1e-12)
+                amap = 0.5 * m_st + 0.5 * m_ae
+                if m.pad_maps: amap = F.pad(amap, (4, 4, 4, 4))
+                amap = F.interpolate(amap, size=x.shape[-2:], mode='bilinear')[:, 0]
+            return amap.flatten(1).amax(1), amap
+        note = 'colour augmentation drawn before timing'
+    elif name == 'cfa':
+        from clad.models.cfa import cfa_patch_scores, patch_features, squared_distances
+        E, D, loss_fn, blur, K = m.extractor, m.descriptor, m.loss, m.blur, m.K
+        def feats(x):
+            with torch.no_grad(): p = patch_features(E(x))
+            return D(p)
+        loss = lambda x: loss_fn(squared_distances(feats(x), m.bank), m.radius)
+        def predict(x):
+            with torch.no_grad():
+                f = feats(x); B, _, h, w = f.shape
+                sc = cfa_patch_scores(squared_distances(f, m.bank), K).reshape(B, 1, h, w)
+                amap = blur(F.interpolate(sc, size=x.shape[-2:], mode='bilinear', align_corners=False))[:, 0]
+            return amap.flatten(1).amax(1), amap
+        train_items = [(x,) for x in xtr]
+    elif name == 'draem':
+        from clad.models.draem import image_score
+        R, Dn, loss_fn = m.reconstructive_subnetwork, m.discriminative_subnetwork, m.loss
+        H, W = size, size
+        ph = (-size) % 32  # five poolings: padded to a multiple of 32 once here, cropped back in the step (as ours does)
+        pad = (lambda t: F.pad(t, (0, ph, 0, ph), mode='reflect' if ph < size else 'replicate')) if ph else (lambda t: t)
+        g = torch.Generator().manual_seed(0)
+        train_items = []
+        for x in xtr:
+            aug, mask = m.generator_(x, g)
+            train_items.append((x, cl(pad(aug)), mask))
+        test_items = [cl(pad(x)) for x in test_items]
+        def loss(x, aug, mask):
+            rec = R(aug)
+            logits = Dn(torch.cat([aug, rec], 1))
+            return loss_fn(x, rec[..., :H, :W], mask, logits[..., :H, :W])
+        def predict(x):
+            with torch.no_grad():
+                amap = Dn(torch.cat([x, R(x)], 1))[:, :, :H, :W].softmax(1)[:, 1]
+            return image_score(amap), amap
+        note = 'synthetic anomalies drawn before timing'
+
+    def step(item):
+        opt.zero_grad(set_to_none=True)
+        l = loss(*item); l.backward(); opt.step()
+        return l
+    return SimpleNamespace(model=m, step=step, predict=predict, loss=loss, xtr=ours.xtr, xte=ours.xte, size=size,
+                           train_items=train_items, test_items=test_items, set_mode=m.train, note=note)
+
+
+def floor_check(name:str, ours:SimpleNamespace, floor:SimpleNamespace) -> dict:
+    "Max |floor - ours| of the maps of two test images, and of the loss of one training batch where it is deterministic."
+    m = ours.model
+    out = {}
+    floor.set_mode(False)
+    try: maps = floor.predict(floor.test_items[0][:2])[1]
+    finally: floor.set_mode(True)
+    out['maps'] = float((maps - m.predict(ours.xte[:2]).maps).abs().max())
+    if name in ('stfpm', 'fastflow', 'cfa'):
+        x = floor.train_items[0][0]
+        with torch.no_grad(): out['loss'] = abs(float(floor.loss(x)) - float(m.training_step(_batch(x))))
+    return out
+
+
 # ---------------------------------------------------------------- timing
 def time_train(r:SimpleNamespace, a) -> float:
-    "Training images/second over `--steps` optimiser steps (cycling over the training batches), after warm-up."
-    batches = list(torch.split(r.xtr, a.batch))
-    batches = [b for b in batches if len(b) == a.batch] or batches
-    for i in range(a.warmup): r.step(batches[i % len(batches)])
+    """Training images/second over `--steps` optimiser steps (cycling over the training batches), after warm-up. A runner
+    with `train_items` (the floor) steps on those, prepared from the same batches, and sets its modes here, untimed."""
+    batches = train_batches(r.xtr, a.batch)
+    items = getattr(r, 'train_items', None) or batches
+    if hasattr(r, 'set_mode'): r.set_mode(True)
+    for i in range(a.warmup): r.step(items[i % len(items)])
     t = time.perf_counter()
-    for i in range(a.steps): r.step(batches[i % len(batches)])
+    for i in range(a.steps): r.step(items[i % len(items)])
     return a.steps * len(batches[0]) / (time.perf_counter() - t)
 
 
 def time_predict(r:SimpleNamespace, a) -> float:
-    "Inference images/second over all test images (batch `--batch`), after one warm-up batch."
-    batches = list(torch.split(r.xte, a.batch))
-    r.predict(batches[0])
-    t = time.perf_counter()
-    for b in batches: r.predict(b)
-    return len(r.xte) / (time.perf_counter() - t)
+    "Inference images/second over all test images (batch `--batch`), after one warm-up batch (floor: on its `test_items`, eval mode)."
+    items = getattr(r, 'test_items', None) or list(torch.split(r.xte, a.batch))
+    if hasattr(r, 'set_mode'): r.set_mode(False)
+    try:
+        r.predict(items[0])
+        t = time.perf_counter()
+        for b in items: r.predict(b)
+        return len(r.xte) / (time.perf_counter() - t)
+    finally:
+        if hasattr(r, 'set_mode'): r.set_mode(True)
 
 
 def bench_model(name:str, d:dict, a, have_anomalib:bool, dtd) -> dict:
@@ -306,6 +470,12 @@ def bench_model(name:str, d:dict, a, have_anomalib:bool, dtd) -> dict:
     o = ours_runner(name, d, a, dtd)
     res['size'], res['ours_note'] = o.size, o.note
     runs = dict(ours=o)
+    try:
+        f = floor_runner(name, o, a)
+        res['floor_check'] = floor_check(name, o, f); res['floor_note'] = f.note
+        runs['floor'] = f
+    except Exception as e:  # report, don't hide: the row shows why the floor has no figure
+        res['floor_error'] = f"{type(e).__name__}: {str(e)[:200]}"
     if have_anomalib:
         try:
             t = anomalib_runner(name, d, a, o, dtd)
@@ -376,6 +546,7 @@ def main():
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--draem-widths', type=int, nargs=2, default=[32, 16], help='DRAEM base and discriminative widths')
     ap.add_argument('--no-memory', action='store_true', help="skip DRAEM's peak-memory subprocesses")
+    ap.add_argument('--no-anomalib', action='store_true', help='time only ours and the floor (no anomalib import)')
     ap.add_argument('--memory-batch', type=int, default=4, help="batch of the DRAEM memory runs (issue: 4)")
     ap.add_argument('--memory-child', choices=['ours', 'anomalib'], help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -383,10 +554,12 @@ def main():
     warnings.filterwarnings('ignore')
     if a.memory_child: return draem_memory_child(a.memory_child, a)
     sys.stdout.reconfigure(line_buffering=True)
-    try:
-        import anomalib; have = True
-    except ImportError:
-        have = False; print("anomalib not importable: its columns are skipped (see bench/memory_bank.py for the bench venv)")
+    if a.no_anomalib: have = False; print("--no-anomalib: anomalib's columns are skipped")
+    else:
+        try:
+            import anomalib; have = True
+        except ImportError:
+            have = False; print("anomalib not importable: its columns are skipped (see bench/memory_bank.py for the bench venv)")
     d = load_data(a)
     dtd = dtd_folder() if 'draem' in a.models else None
     w = FeatureExtractor(BACKBONE, ['layer2'], pretrained=True).weights_info['weights']
@@ -401,19 +574,30 @@ def main():
         print(f"  done {name}: " + json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()}))
     print(f"load average at end of timing: {open('/proc/loadavg').read().strip()}\n")
     ok = lambda c: 'MET' if c else 'NOT MET'
-    hdr = f"{'model':<12}{'px':>5} {'train img/s ours':>17} {'anomalib':>9} {'ratio':>6}   {'infer img/s ours':>17} {'anomalib':>9} {'ratio':>6}   target (ours >= anomalib)"
+    num = lambda v, w, p=2: f"{v:>{w}.{p}f}" if v is not None else f"{'-':>{w}}"
+    ratio = lambda x, y: x / y if x is not None and y else None
+    cols = lambda kind: f"{kind + ' img/s: floor':>18} {'ours':>8} {'anomalib':>9} {'o/a':>5} {'o/f':>5} {'a/f':>5}"
+    hdr = f"{'model':<12}{'px':>5}  {cols('train')}   {cols('infer')}   target (ours >= anomalib)"
+    print("img/s = images/second; o/a = ours/anomalib, o/f = ours/floor, a/f = anomalib/floor (1.00 = as fast as the "
+          "floor: our networks' bare forward/backward, see the docstring)")
     print(hdr); print('-' * len(hdr))
     for r in rows:
-        ot, oi = r['ours_train'], r['ours_infer']
+        line = f"{r['model']:<12}{r['size']:>5}  "
+        for kind in ('train', 'infer'):
+            o, an, fl = r[f'ours_{kind}'], r.get(f'anomalib_{kind}'), r.get(f'floor_{kind}')
+            line += (f"{num(fl, 18)} {num(o, 8)} {num(an, 9)} {num(ratio(o, an), 5)} {num(ratio(o, fl), 5)} "
+                     f"{num(ratio(an, fl), 5)}   ")
         if 'anomalib_train' in r:
-            at, ai = r['anomalib_train'], r['anomalib_infer']
-            print(f"{r['model']:<12}{r['size']:>5} {ot:>17.2f} {at:>9.2f} {ot / at:>6.2f}   {oi:>17.2f} {ai:>9.2f} {oi / ai:>6.2f}   "
-                  f"train {ok(ot >= at)}, infer {ok(oi >= ai)}")
-        else:
-            print(f"{r['model']:<12}{r['size']:>5} {ot:>17.2f} {'-':>9} {'-':>6}   {oi:>17.2f} {'-':>9} {'-':>6}   "
-                  f"anomalib: {r.get('anom_error', 'not run')}")
+            line += f"train {ok(r['ours_train'] >= r['anomalib_train'])}, infer {ok(r['ours_infer'] >= r['anomalib_infer'])}"
+        else: line += f"anomalib: {r.get('anom_error', 'not run')}"
+        if 'floor_error' in r: line += f"; floor: {r['floor_error']}"
+        print(line)
     for r in rows:
         notes = [f"backbone features ours vs anomalib: max |diff| {r['feat_diff']:.1e}"] if r.get('feat_diff') is not None else []
+        if r.get('floor_check'):
+            fc = r['floor_check']
+            notes.append(f"floor vs ours: maps max |diff| {fc['maps']:.1e}" + (f", loss |diff| {fc['loss']:.1e}" if 'loss' in fc else '')
+                         + (f" ({r['floor_note']})" if r.get('floor_note') else ''))
         if r.get('ours_note'): notes.append(f"ours: {r['ours_note']}")
         if r.get('anom_note'): notes.append(f"anomalib: {r['anom_note']}")
         if notes: print(f"  {r['model']}: " + '; '.join(notes))

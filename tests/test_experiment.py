@@ -106,7 +106,7 @@ def test_strategies_run_end_to_end(tiny_data, tmp_path, strategy, rows):
 
 
 def test_cl_strategy_refused_for_stfpm(tiny_data, tmp_path):
-    with pytest.raises(CladError, match='no such update'):
+    with pytest.raises(CladError, match="'cl' is not supported by model 'stfpm'.*it supports naive, replay"):
         cfg_for(tiny_data, tmp_path, sample_strategy='cl')
 
 

@@ -167,6 +167,17 @@ def test_protocol_run_shows_the_protocol_and_per_class_tables(tmp_path, model):
     assert all(isinstance(v, float) for v in rec['class_matrices']['pixel_aupro'][-1])  # masks: pixel metrics per class
 
 
+def test_a_new_strategy_with_its_settings_through_the_notebook(tiny_data, tmp_path):
+    "DER++ with α and β given through `settings`: the run uses them and records them; the report stays clean."
+    nb, out = execute(tmp_path, tiny_data, model='stfpm', strategy='derpp', settings='{"derpp_alpha": 0.25, "derpp_beta": 0.75}')
+    check_clean(nb)
+    rec = check_report(nb, out / 'stfpm' / 'derpp' / 'seed0', trained=True)
+    assert (rec['config']['derpp_alpha'], rec['config']['derpp_beta']) == (0.25, 0.75)
+    assert rec['strategy'][-1]['name'] == 'derpp' and rec['strategy'][-1]['stored_outputs'] > 0
+    with pytest.raises(pm.PapermillExecutionError, match=r"settings: expected a JSON object of config fields"):
+        execute(tmp_path, tiny_data, name='bad.ipynb', model='stfpm', settings='derpp_alpha=1')
+
+
 def rec_strategy(out: Path, model: str) -> str:
     return next((out / model).iterdir()).name
 
