@@ -32,8 +32,9 @@ from .metrics import (METRICS, IMAGE_METRICS, PIXEL_METRICS, ScoreNormalizer, ev
 __all__ = ['RANDOM_BASELINES', 'SUMMARY_KEYS', 'SCHEMA_VERSION', 'RESULT_KEYS', 'POOLED_METRICS', 'COST_KEYS', 'MAIN_METRICS',
            'CLASS_KEYS', 'cl_summary', 'param_bytes', 'nbytes', 'peak_memory_mb', 'peak_cuda_mb', 'CostMeter',
            'environment_info', 'validate_results', 'load_results', 'plot_matrices', 'plot_avg_seen', 'save_gallery',
-           'metrics_csv', 'class_metrics_csv', 'write_results', 'find_joint_run', 'joint_finals', 'RunRecorder',
-           'Scored', 'score_records', 'class_metrics', 'pooled_over_models', 'StepEvaluation', 'evaluate_after_step']
+           'metrics_csv', 'class_metrics_csv', 'write_results', 'joint_strategies', 'find_joint_run', 'joint_finals',
+           'RunRecorder', 'Scored', 'score_records', 'class_metrics', 'pooled_over_models', 'StepEvaluation',
+           'evaluate_after_step']
 
 # %% ../nbs/06_evaluate.ipynb #f027fc9d
 RANDOM_BASELINES = {'image_auroc': 0.5, 'pixel_auroc': 0.5, 'pixel_aupro': 0.15}
@@ -387,12 +388,17 @@ def write_results(run_dir:str|Path, # the run folder
     if 'class_matrices' in record: atomic_write_text(run_dir / 'metrics_per_class.csv', class_metrics_csv(record))
     return atomic_write_json(run_dir / 'results.json', record)  # last: its presence marks a complete run
 
+def joint_strategies() -> list[str]:
+    "The strategies that train every task at once: the joint references (their class says `joint = True`)."
+    from clad.strategies import STRATEGY_CLASSES  # imported here: the strategies import the data module, not this one
+    return [name for name, cls in STRATEGY_CLASSES.items() if cls.joint]
+
 def find_joint_run(run_dir:str|Path) -> Path|None:
-    "The results.json of the joint (multi_task) run with the same model and seed, if it exists."
-    run_dir = Path(run_dir)
-    if run_dir.parent.name == 'multi_task': return None
-    p = run_dir.parent.parent / 'multi_task' / run_dir.name / 'results.json'
-    return p if p.exists() else None
+    "The results.json of the joint run (e.g. multi_task) with the same model and seed, if it exists."
+    run_dir = Path(run_dir); joint = joint_strategies()
+    if run_dir.parent.name in joint: return None
+    found = [p for p in (run_dir.parent.parent/name/run_dir.name/'results.json' for name in joint) if p.exists()]
+    return found[0] if found else None
 
 def joint_finals(run_dir:str|Path|None, # a run folder (None: no joint run)
                 ) -> tuple[dict|None, dict|None]:

@@ -77,9 +77,14 @@ def test_strategy_case_insensitive_and_checked_against_the_model():
 
 
 def test_new_strategy_fields_default_and_load(tmp_path):
-    cfg = load_config('stfpm')
+    cfg = load_config('stfpm')  # the weights of the added terms come from the model's JSON (its loss's scale), the rest from common_param
     assert (cfg.ewc_lambda, cfg.ewc_gamma, cfg.lwf_alpha, cfg.derpp_alpha, cfg.derpp_beta, cfg.mem_size_mb,
-            cfg.replay_jpeg_quality, cfg.replay_scale) == (100.0, 1.0, 1.0, 0.5, 0.5, 1.0, 75, 0.5)
+            cfg.replay_jpeg_quality, cfg.replay_scale) == (1e4, 1.0, 10.0, 10.0, 0.5, 1.0, 75, 0.5)
+    assert cfg.sources['ewc_lambda'].endswith('models/stfpm.json') and cfg.sources['derpp_beta'].endswith('common_param.json')
+    weights = {m: (c.ewc_lambda, c.lwf_alpha, c.derpp_alpha) for m in ('stfpm', 'draem', 'fastflow', 'cfa', 'efficientad')
+               for c in [load_config(m)]}
+    assert weights == dict(stfpm=(1e4, 10, 10), draem=(1e4, 10, 10), fastflow=(1e3, 1e4, 1e4), cfa=(10, 1e6, 1e6),
+                           efficientad=(1e6, 1e3, 1e3))
     run = write(tmp_path, {'architecture': 'stfpm', 'ewc_lambda': 5, 'replay_scale': 1, 'mem_size_mb': 0.25})
     cfg = load_config(run_json=run)
     assert (cfg.ewc_lambda, cfg.replay_scale, cfg.mem_size_mb) == (5.0, 1.0, 0.25) and cfg.sources['ewc_lambda'] == str(run)
