@@ -320,10 +320,6 @@ class Experiment:
         if model.kind != 'trained': return None, None
         return model.configure_optimizer()
 
-    def model_for(self, task_index:int, step:Step) -> AnomalyModel:
-        "The model that answers for test task `task_index` after `step`."
-        return self.models[self.strategy.model_index_for(task_index, step)] if self.strategy.keeps_models else self.models[-1]
-
     # --- checkpoints
     @property
     def checkpoint_path(self) -> Path: return self.run_dir/'checkpoint.pt'

@@ -59,7 +59,6 @@ MEMORY_UPDATES = ('replace', 'grow', 'budget') # the vocabulary of `AnomalyModel
 class AnomalyModel(nn.Module):
     "Base class of all anomaly models: the interface the experiment loop calls."
     kind:str = 'trained' # 'trained' (optimiser steps) or 'memory' (one `fit` per task)
-    supports_cl_update:bool = False # True when the model merges its memory/statistics across tasks itself
     default_strategy:str = 'replay' # the continual strategy of a run whose configuration names none
     name:str = '' # the registry name, set by `register_model`
     Params:type|None = None # the dataclass of its own parameters (`cfg.model_params`); `register_model` requires one
@@ -113,6 +112,11 @@ class AnomalyModel(nn.Module):
 
     def calibrate(self, val_loader) -> None:
         "Called after learning a step that has validation normals, with their loader (e.g. to fit map normalisation); no-op by default."
+
+    @property
+    def supports_cl_update(self) -> bool:
+        "Whether the model merges its memory across tasks itself: it declares the `cl` strategy."
+        return 'cl' in type(self).supported_strategies
 
     def set_memory_update(self, mode:str, # 'replace', 'grow' or 'budget'
                           budget:int|None=None, # the size of the memory under 'budget' (the model says in which unit)

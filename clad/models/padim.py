@@ -152,7 +152,6 @@ class PadimModel(GrowingBuffers, AnomalyModel):
     kind = 'memory'
     default_strategy = 'cl' # the paper's budgeted memory-bank update; image replay does not apply to a model that trains nothing
     supported_strategies = ('naive', 'multi_task', 'single_model', 'cumulative', 'cl')
-    supports_cl_update = True
     memory_updates = ('replace', 'grow', 'budget') # 'budget': the exact running sums, whose size does not grow with the tasks
     growing_buffers = ('n_seen', 'sum_x', 'sum_xx', 'means', 'whitens', 'feature_hw') # the statistics
 

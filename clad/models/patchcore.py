@@ -150,7 +150,6 @@ class PatchcoreModel(GrowingBuffers, AnomalyModel):
     kind = 'memory'
     default_strategy = 'cl' # the paper's budgeted memory-bank update; image replay does not apply to a model that trains nothing
     supported_strategies = ('naive', 'multi_task', 'single_model', 'cumulative', 'cl')
-    supports_cl_update = True
     memory_updates = ('replace', 'grow', 'budget')
     growing_buffers = ('memory_bank', 'bank_sizes') # all banks in one buffer, and their sizes
 
