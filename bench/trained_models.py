@@ -67,7 +67,8 @@ weights where the architectures match (STFPM student, EfficientAD student and au
 own initialisation (this does not change the cost of a step).
 
 Images are decoded and transformed once, before any timing. Warm-up steps precede every timed run; the best of
-`--repeats` runs is reported (floor, ours and anomalib alike). anomalib is a bench-only extra, never imported by clad/
+`--repeats` runs is reported (floor, ours and anomalib alike, taking turns within each repeat; inference over
+`--predict-passes` passes over the test images). anomalib is a bench-only extra, never imported by clad/
 (see bench/memory_bank.py's docstring for the .venv-bench set-up); `--no-anomalib` (or an environment without it) times
 only ours and the floor. Check `cat /proc/loadavg` first: timings need a quiet machine.
 
@@ -452,14 +453,16 @@ def time_train(r:SimpleNamespace, a) -> float:
 
 
 def time_predict(r:SimpleNamespace, a) -> float:
-    "Inference images/second over all test images (batch `--batch`), after one warm-up batch (floor: on its `test_items`, eval mode)."
+    """Inference images/second over `--predict-passes` passes over all test images (batch `--batch`), after one warm-up
+    batch (floor: on its `test_items`, eval mode)."""
     items = getattr(r, 'test_items', None) or list(torch.split(r.xte, a.batch))
     if hasattr(r, 'set_mode'): r.set_mode(False)
     try:
         r.predict(items[0])
         t = time.perf_counter()
-        for b in items: r.predict(b)
-        return len(r.xte) / (time.perf_counter() - t)
+        for _ in range(a.predict_passes):
+            for b in items: r.predict(b)
+        return a.predict_passes * len(r.xte) / (time.perf_counter() - t)
     finally:
         if hasattr(r, 'set_mode'): r.set_mode(True)
 
@@ -483,11 +486,12 @@ def bench_model(name:str, d:dict, a, have_anomalib:bool, dtd) -> dict:
             res['feat_diff'] = feature_diff(name, o, t)
         except Exception as e:  # report, don't hide: the row shows why anomalib has no figure
             res['anom_error'] = f"{type(e).__name__}: {str(e)[:200]}"
-    for side, r in runs.items():
-        tr, inf = [], []
-        for _ in range(a.repeats):
-            tr.append(time_train(r, a)); inf.append(time_predict(r, a))
-        res[f'{side}_train'], res[f'{side}_infer'] = max(tr), max(inf)
+    # Round-robin over the sides within each repeat, so a drift in machine load or clock reaches all sides alike.
+    tr, inf = {side: [] for side in runs}, {side: [] for side in runs}
+    for _ in range(a.repeats):
+        for side, r in runs.items():
+            tr[side].append(time_train(r, a)); inf[side].append(time_predict(r, a))
+    for side in runs: res[f'{side}_train'], res[f'{side}_infer'] = max(tr[side]), max(inf[side])
     return res
 
 
@@ -540,7 +544,8 @@ def main():
     ap.add_argument('--batch', type=int, default=8)
     ap.add_argument('--steps', type=int, default=8, help='timed training steps per run')
     ap.add_argument('--warmup', type=int, default=2, help='untimed training steps before each timed run')
-    ap.add_argument('--repeats', type=int, default=2, help='timed runs per side (the best is reported)')
+    ap.add_argument('--repeats', type=int, default=3, help='timed runs per side, the sides taking turns (the best is reported)')
+    ap.add_argument('--predict-passes', type=int, default=4, help='passes over the test images per timed inference run')
     ap.add_argument('--n-train', type=int, default=32); ap.add_argument('--n-test', type=int, default=16)
     ap.add_argument('--category', default='nut')
     ap.add_argument('--threads', type=int, default=2)
@@ -564,7 +569,7 @@ def main():
     dtd = dtd_folder() if 'draem' in a.models else None
     w = FeatureExtractor(BACKBONE, ['layer2'], pretrained=True).weights_info['weights']
     print(f"data: {d['root']} category {a.category!r}, {a.n_train} train / {a.n_test} test images, {a.size} px; "
-          f"batch {a.batch}, {a.steps} timed steps after {a.warmup} warm-up, best of {a.repeats}; backbone {BACKBONE} ({w}); "
+          f"batch {a.batch}, {a.steps} timed steps after {a.warmup} warm-up, best of {a.repeats} (inference: {a.predict_passes} passes each); backbone {BACKBONE} ({w}); "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"
           + (f"; anomalib {anomalib.__version__} torch models in a plain loop (no Engine/Lightning)" if have else ''))
     print(f"load average at start: {open('/proc/loadavg').read().strip()}")
