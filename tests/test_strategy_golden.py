@@ -22,3 +22,12 @@ def test_the_comparison_sees_a_changed_number():
     assert golden.differences(recorded, changed) == ['/stfpm/replay/matrices/image_auroc[1][0]: '
                                                      f"{recorded['stfpm/replay']['matrices']['image_auroc'][1][0]} vs "
                                                      f"{changed['stfpm/replay']['matrices']['image_auroc'][1][0]}"]
+
+
+def test_the_recording_refuses_a_process_whose_kernels_are_not_pinned(tmp_path):
+    "Unpinned, oneDNN picks AVX-512 or AMX kernels where the processor has them and the trained numbers move."
+    import os, subprocess, sys
+    env = {k: v for k, v in os.environ.items() if k not in golden.PINNED_KERNELS}
+    run = subprocess.run([sys.executable, golden.__file__, '--record-into', str(tmp_path/'x.json')], env=env,
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and 'ONEDNN_MAX_CPU_ISA' in run.stderr and not (tmp_path/'x.json').exists()
