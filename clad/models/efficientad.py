@@ -704,12 +704,14 @@ class EfficientADModel(AnomalyModel):
     def _predict(self, images:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         "Image scores (map maxima) `[B]` and anomaly maps `[B,H,W]`."
         m_st, m_ae = self.feature_maps(images)
+        # pad the raw maps, whose zero is "no difference": padded after the normalisation, the zero border would
+        # outrank every normal cell below the 0.9-quantile (see 'Anomaly map')
+        if self.pad_maps: m_st, m_ae = F.pad(m_st, (4, 4, 4, 4)), F.pad(m_ae, (4, 4, 4, 4))
         if bool(self.calibrated):
             qa_st, qb_st, qa_ae, qb_ae = self.map_quantiles.tolist()
             m_st = 0.1 * (m_st - qa_st) / max(qb_st - qa_st, 1e-12)
             m_ae = 0.1 * (m_ae - qa_ae) / max(qb_ae - qa_ae, 1e-12)
         m = 0.5 * m_st + 0.5 * m_ae
-        if self.pad_maps: m = F.pad(m, (4, 4, 4, 4))
         m = F.interpolate(m, size=images.shape[-2:], mode='bilinear')[:, 0]
         return m.flatten(1).amax(1), m
 
