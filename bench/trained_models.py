@@ -20,8 +20,8 @@ as ours is: `zero_grad(set_to_none=True)`, `loss.backward()`, `step()`. Per mode
 - EfficientAD (penalty off, as ours runs here). Train: the colour-augmented copy of each batch is drawn once before
   timing (`color_augment`, fixed seed) and concatenated with the batch; `teacher([x, aug])` under no_grad, standardised
   with the teacher statistics, `student([x, aug])`, `ae(aug)`, hard-feature + AE + student-AE losses, backward, Adam
-  step. Infer (no_grad): `teacher(x)` standardised, `student(x)`, `ae(x)`, the two maps, their quantile normalisation
-  (quantiles read once), average, 4-cell pad, upsampling, map maximum.
+  step. Infer (no_grad): `teacher(x)` standardised, `student(x)`, `ae(x)`, the two maps, their 4-cell pad, their quantile
+  normalisation (quantiles read once), average, upsampling, map maximum.
 - CFA. Train: `extractor(x)` under no_grad, `patch_features`, `descriptor`, `squared_distances` to the bank, `CFALoss`
   with the radius, backward (no retain_graph: ours needs none), AdamW(amsgrad) step. Infer (no_grad): the same features,
   `cfa_patch_scores`, upsampling, Gaussian blur, map maximum.
@@ -373,11 +373,11 @@ def floor_runner(name:str, ours:SimpleNamespace, a) -> SimpleNamespace:
                 t = (T(x) - mean) / std; s = S(x); ae = AE(x)
                 if ae.shape[-2:] != s.shape[-2:]: ae = F.interpolate(ae, size=s.shape[-2:], mode='bilinear')
                 m_st, m_ae = (t - s[:, :C]).pow(2).mean(1, keepdim=True), (ae - s[:, C:]).pow(2).mean(1, keepdim=True)
+                if m.pad_maps: m_st, m_ae = F.pad(m_st, (4, 4, 4, 4)), F.pad(m_ae, (4, 4, 4, 4))
                 if qs is not None:
                     m_st = 0.1 * (m_st - qs[0]) / max(qs[1] - qs[0], 1e-12)
                     m_ae = 0.1 * (m_ae - qs[2]) / max(qs[3] - qs[2], 1e-12)
                 amap = 0.5 * m_st + 0.5 * m_ae
-                if m.pad_maps: amap = F.pad(amap, (4, 4, 4, 4))
                 amap = F.interpolate(amap, size=x.shape[-2:], mode='bilinear')[:, 0]
             return amap.flatten(1).amax(1), amap
         note = 'colour augmentation drawn before timing'
