@@ -29,7 +29,7 @@ __all__ = ['SWEEP_KEYS', 'SLURM_KEYS', 'EXECUTORS', 'SLURM_WATCHER', 'STUB_TEMPL
            'changed_points', 'plan', 'run_sweep', 'write_stub_template', 'main']
 
 # %% ../nbs/40_sweep.ipynb #58ab49b5
-SWEEP_KEYS = dict(name=str, grid=dict, fixed=dict, executor=str, max_workers=int, timeout_min=(int, float), slurm=dict,
+SWEEP_KEYS = dict(name=str, grid=dict, fixed=dict, per_model=dict, executor=str, max_workers=int, timeout_min=(int, float), slurm=dict,
                   output_dir=str, notebook=str, applicable_only=bool)
 SLURM_KEYS = dict(partition=str, time_min=(int, float), gpus_per_node=int, cpus_per_task=int, mem_gb=(int, float),
                   array_parallelism=int)
@@ -61,6 +61,7 @@ class Sweep:
     name: str # the sweep's name (its folder: <output_dir>/sweeps/<name>/)
     grid: dict # parameter -> list of values
     fixed: dict = field(default_factory=dict) # parameter -> value, for every point
+    per_model: dict = field(default_factory=dict) # model -> {parameter: value}, replacing 'fixed' for that model's points
     executor: str = 'local' # 'local' or 'slurm'
     max_workers: int = 0 # concurrent local jobs; 0 = sized to the machine
     timeout_min: float = 7 * 24 * 60 # limit of one local job
@@ -96,7 +97,13 @@ def load_sweep(src:str|Path|dict, # a sweep JSON file, or its content
     sw = Sweep(**{k: v for k, v in src.items()}, root=Path(root) if root else project_root())
     params = notebook_parameters(sw.template)
     if 'model' not in params: raise CladError(f"{where}.notebook: {sw.template} has no 'model' parameter (not an experiment template?)")
-    for part, d in (('grid', sw.grid), ('fixed', sw.fixed)):
+    models = set(sw.grid.get('model', [])) | ({sw.fixed['model']} if 'model' in sw.fixed else set())
+    for m, d in sw.per_model.items():
+        if m not in models: raise CladError(f"{where}.per_model.{m}: not a model of this sweep; expected one of {sorted(models)}")
+        if not isinstance(d, dict): raise CladError(f"{where}.per_model.{m}: expected an object of parameter -> value, got {type(d).__name__}")
+        clash = sorted(set(d) & (set(sw.grid) | {'model'}))
+        if clash: raise CladError(f"{where}.per_model.{m}: {clash} cannot be set per model (swept in 'grid', or the model itself)")
+    for part, d in (('grid', sw.grid), ('fixed', sw.fixed), *((f'per_model.{m}', d) for m, d in sw.per_model.items())):
         for k, v in d.items():
             if k not in params:
                 import difflib
@@ -140,6 +147,7 @@ def sweep_points(sw:Sweep) -> list[Point]:
     out, names = [], set()
     for values in itertools.product(*(sw.grid[k] for k in keys)):
         p = dict(sw.fixed) | dict(zip(keys, values))
+        p |= sw.per_model.get(p['model'], {})  # per-model settings replace the shared ones
         if sw.applicable_only and not applicable(p): continue
         tail = '_'.join(f'{k}-{_slug(p[k])}' for k in extra)
         out_dir = sw.path(sw.output_dir)/tail if tail else sw.path(sw.output_dir)

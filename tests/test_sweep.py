@@ -117,3 +117,15 @@ def test_slurm_watcher_without_accounting_prints_nothing(tmp_path, monkeypatch, 
     assert (tmp_path / 'sacct.calls').read_text().count('called') == 1  # given up after its first failure
     out, err = capfd.readouterr()
     assert out == '' and err == '', (out, err)
+
+
+def test_the_shipped_sweep_files_load_with_their_points():
+    "Every configurations/sweep_*.json is valid, and the study files hold the points their docs promise."
+    from clad.config import project_root
+    files = sorted((project_root() / 'configurations').glob('sweep_*.json'))
+    assert {f.name for f in files} >= {'sweep_tiny.json', 'sweep_embedded.json', 'sweep_embedded_1h.json', 'sweep_methods.json'}
+    points = {f.stem: sweep_points(load_sweep(f)) for f in files}
+    assert len(points['sweep_embedded']) == len(points['sweep_embedded_1h']) == 55  # 5 trained × 9 + 2 memory-bank × 5
+    assert len(points['sweep_methods']) == 63  # 3 models × 7 methods × 3 seeds
+    epochs = {(p.params['model'], p.params['num_epochs']) for p in points['sweep_embedded_1h']}
+    assert epochs == {('efficientad', 1), ('draem', 2)} | {(m, 3) for m in ('stfpm', 'patchcore', 'padim', 'cfa', 'fastflow')}
