@@ -7,12 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from clad.config import load_config
 from clad.core import CladError
 from clad.data import write_tiny_mvtec
 from clad.experiment import Experiment
 from clad.models.efficientad import distill_teacher
+from clad.strategies import diagonal_fisher
 
 TINY = dict(img_size=32, backbone='resnet18', pretrained=False, num_epochs=2, batch_size=4, mem_size=6, gallery_size=0,
             device='cpu', patience=5, num_tasks=3, seed=2, eval_batch_size=8)
@@ -118,3 +120,16 @@ def test_new_strategies_run_through_the_cli_for_every_trained_model(tiny_data, t
         rec = json.loads((tmp_path/model/strategy/'seed2'/'results.json').read_text())
         assert rec['status'] == 'complete' and rec['strategy'][-1]['name'] == strategy
         assert len(rec['matrices']['image_auroc']) == 2
+
+
+def test_the_fisher_passes_leave_the_model_as_it_was(tiny_data, tmp_path):
+    "EWC estimates its Fisher on a copy: STFPM's batch-norm statistics, its mode and its gradients stay as they were."
+    cfg = load_config('stfpm', overrides=dict(TINY, data_path=str(tiny_data), output_dir=str(tmp_path), sample_strategy='ewc'))
+    ex = Experiment(cfg, progress=False, log=lambda *_: None)
+    model = ex._new_model(0).eval()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) and m.track_running_stats for m in model.modules())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fisher = diagonal_fisher(model, ex.strategy.train_records(ex.steps[0]), cfg, 'cpu', 0)
+    assert fisher and sum(f.sum().item() for f in fisher.values()) > 0
+    assert [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)] == []
+    assert not model.training and all(p.grad is None for p in model.parameters())
